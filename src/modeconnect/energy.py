@@ -1,0 +1,210 @@
+"""Energy: the scalar a threshold applies to, evaluated at many parameter points at once.
+
+An :class:`Energy` owns a private copy of the model (used only through
+``torch.func.functional_call``), its evaluation data, its metric and its
+batching strategy. :meth:`Energy.evaluate` takes a batch of points (each value
+with a leading point dimension) and returns one float64 energy per point;
+:meth:`Energy.along_segment` evaluates a grid on the straight segment between
+two points without materialising more than ``chunk_size`` points at a time.
+
+>>> import torch
+>>> net = torch.nn.Linear(1, 1)
+>>> x = torch.linspace(0, 1, 8).unsqueeze(1)
+>>> energy = Energy(net, x, 2 * x, metric="mse", strategy="vmap")
+>>> a = {"weight": torch.tensor([[2.0]]), "bias": torch.tensor([0.0])}
+>>> b = {"weight": torch.tensor([[0.0]]), "bias": torch.tensor([0.0])}
+>>> [round(e, 4) for e in energy.along_segment(a, b, [0.0, 1.0]).tolist()]
+[0.0, 1.4286]
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping, Sequence
+from enum import Enum
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from .errors import ConfigError, NonFiniteEnergyError
+from .metrics import Metric, as_metric, metric_sum
+from .params import Point, check_compatible, check_supported_module, interpolate_many, point_from_module
+
+__all__ = ["Energy", "Strategy"]
+
+
+class Strategy(str, Enum):
+    """How many parameter points are pushed through the model."""
+
+    AUTO = "auto"
+    """Time VMAP and LOOP on the first batch of points and keep the faster (the choice is recorded)."""
+    VMAP = "vmap"
+    """``torch.func.vmap`` over ``functional_call``: one batched forward per chunk of points."""
+    LOOP = "loop"
+    """One ``functional_call`` per point: the plain reference."""
+
+
+def _as_strategy(value: str | Strategy) -> Strategy:
+    try:
+        return Strategy(value)
+    except ValueError:
+        raise ConfigError(f"unknown strategy {value!r}; choose one of: auto, vmap, loop") from None
+
+
+class Energy:
+    """A metric of a model on fixed evaluation data, as a function of the parameters.
+
+    Args:
+        model: the architecture; copied, never modified. Its current parameter
+            values are irrelevant (points supply them).
+        inputs, targets: the evaluation data (the whole split or a fixed subset).
+        metric: a :class:`~modeconnect.metrics.Metric` name.
+        strategy: a :class:`Strategy` name.
+        chunk_size: most points evaluated in one batched call (bounds memory).
+        sample_batch_size: most samples per forward pass (``None``: all at once).
+        split: a label for where the data came from, recorded in results.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        targets: Tensor,
+        metric: str | Metric,
+        *,
+        strategy: str | Strategy = Strategy.AUTO,
+        chunk_size: int = 64,
+        sample_batch_size: int | None = None,
+        split: str = "test",
+    ) -> None:
+        check_supported_module(model)
+        self.metric = as_metric(metric)
+        self.strategy = _as_strategy(strategy)
+        if chunk_size < 1:
+            raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
+        if sample_batch_size is not None and sample_batch_size < 1:
+            raise ConfigError(f"sample_batch_size must be >= 1 or None, got {sample_batch_size}")
+        if len(inputs) != len(targets):
+            raise ConfigError(f"inputs have {len(inputs)} samples but targets have {len(targets)}")
+        if len(inputs) == 0:
+            raise ConfigError("the evaluation data is empty")
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.inputs, self.targets = inputs, targets
+        self.chunk_size = chunk_size
+        self.sample_batch_size = sample_batch_size
+        self.split = split
+        self.chosen_strategy: Strategy | None = None if self.strategy is Strategy.AUTO else self.strategy
+        self.template = point_from_module(self.model)
+        self.n_evaluations = 0
+
+    # -- description -------------------------------------------------------------------------
+    @property
+    def n_samples(self) -> int:
+        return len(self.inputs)
+
+    def describe(self) -> dict[str, Any]:
+        """The settings that define this energy, for results files."""
+        return {
+            "metric": self.metric.value,
+            "split": self.split,
+            "n_samples": self.n_samples,
+            "strategy": self.strategy.value,
+            "chosen_strategy": None if self.chosen_strategy is None else self.chosen_strategy.value,
+            "chunk_size": self.chunk_size,
+            "sample_batch_size": self.sample_batch_size,
+        }
+
+    # -- evaluation --------------------------------------------------------------------------
+    def __call__(self, point: Mapping[str, Tensor]) -> float:
+        """Energy of one point."""
+        return float(self.evaluate({k: v.unsqueeze(0) for k, v in point.items()})[0])
+
+    def check_point(self, point: Mapping[str, Tensor], name: str = "point") -> None:
+        """Raise :class:`~modeconnect.errors.ArchitectureMismatch` unless ``point`` fits the model."""
+        check_compatible(self.template, point, "the energy's model", name)
+
+    def evaluate(self, points: Mapping[str, Tensor]) -> Tensor:
+        """Energies (float64, shape ``[P]``) of a batch of ``P`` points."""
+        n_points = next(iter(points.values())).shape[0]
+        out = []
+        for start in range(0, n_points, self.chunk_size):
+            chunk = {k: v[start : start + self.chunk_size] for k, v in points.items()}
+            out.append(self._evaluate_chunk(chunk))
+        return torch.cat(out)
+
+    def along_segment(self, a: Mapping[str, Tensor], b: Mapping[str, Tensor], ts: Sequence[float] | Tensor) -> Tensor:
+        """Energies at ``(1 - t) a + t b`` for each ``t`` in ``ts`` (float64, shape ``[len(ts)]``)."""
+        ts = torch.as_tensor(ts, dtype=torch.float64).reshape(-1)
+        out = []
+        for start in range(0, len(ts), self.chunk_size):
+            out.append(self._evaluate_chunk(interpolate_many(a, b, ts[start : start + self.chunk_size])))
+        return torch.cat(out)
+
+    def require_finite(self, value: float, what: str) -> float:
+        """Return ``value`` or raise :class:`NonFiniteEnergyError` naming ``what``."""
+        if not torch.isfinite(torch.tensor(value)):
+            raise NonFiniteEnergyError(
+                f"the energy of {what} is {value}: the model produces non-finite outputs there; "
+                "check the data and the parameters (e.g. a diverged training run)"
+            )
+        return value
+
+    # -- internals ---------------------------------------------------------------------------
+    def _inputs_for(self, chunk: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        ref = next(iter(chunk.values()))
+        x, y = self.inputs, self.targets
+        if x.device != ref.device:
+            x, y = x.to(ref.device), y.to(ref.device)
+        if x.is_floating_point() and x.dtype != ref.dtype:
+            x = x.to(ref.dtype)
+        if y.is_floating_point() and y.dtype != ref.dtype:
+            y = y.to(ref.dtype)
+        return x, y
+
+    def _point_sum(self, params: Mapping[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return metric_sum(self.metric, functional_call(self.model, dict(params), (x,)), y)
+
+    def _run(self, strategy: Strategy, chunk: Mapping[str, Tensor]) -> Tensor:
+        x_all, y_all = self._inputs_for(chunk)
+        n_points = next(iter(chunk.values())).shape[0]
+        total = torch.zeros(n_points, dtype=torch.float64, device=x_all.device)
+        step = self.sample_batch_size or len(x_all)
+        batched = vmap(self._point_sum, in_dims=(0, None, None)) if strategy is Strategy.VMAP else None
+        for s in range(0, len(x_all), step):
+            x, y = x_all[s : s + step], y_all[s : s + step]
+            if batched is not None:
+                total += batched(dict(chunk), x, y).double()
+            else:
+                for i in range(n_points):
+                    total[i] += self._point_sum({k: v[i] for k, v in chunk.items()}, x, y).double()
+        self.n_evaluations += n_points
+        return total / len(x_all)
+
+    def _evaluate_chunk(self, chunk: Mapping[str, Tensor]) -> Tensor:
+        with torch.no_grad():
+            if self.chosen_strategy is None:
+                n_points = next(iter(chunk.values())).shape[0]
+                if n_points < 2:
+                    return self._run(Strategy.LOOP, chunk)
+                self.chosen_strategy = self._measure(chunk)
+            return self._run(self.chosen_strategy, chunk)
+
+    def _measure(self, chunk: Mapping[str, Tensor]) -> Strategy:
+        """Time both strategies on this chunk (after one warm-up each) and return the faster."""
+        timings = {}
+        for strategy in (Strategy.LOOP, Strategy.VMAP):
+            try:
+                self._run(strategy, chunk)
+                start = time.perf_counter()
+                self._run(strategy, chunk)
+                timings[strategy] = time.perf_counter() - start
+            except RuntimeError:  # an op without a batching rule: vmap is not an option
+                timings[strategy] = float("inf")
+        return min(timings, key=timings.get)
+
+

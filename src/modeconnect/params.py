@@ -1,0 +1,186 @@
+"""Parameter points: a model's parameters as ``dict[str, Tensor]``.
+
+A *point* is keyed by ``named_parameters()`` names. A flat vector view is a
+derived convenience (:func:`flatten` / :func:`unflatten`). Interpolation uses
+the convention ``interpolate(a, b, 0) == a`` and ``interpolate(a, b, 1) == b``.
+
+>>> import torch
+>>> net = torch.nn.Linear(2, 1)
+>>> a = point_from_module(net)
+>>> b = {k: v + 1.0 for k, v in a.items()}
+>>> round(distance(a, b) ** 2)        # 3 parameters, each moved by 1
+3
+>>> mid = interpolate(a, b, 0.5)
+>>> torch.allclose(mid["bias"], a["bias"] + 0.5)
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ArchitectureMismatch, UnsupportedModelError
+
+Point = dict[str, Tensor]
+
+__all__ = [
+    "Point",
+    "point_from_module",
+    "load_point_into",
+    "check_compatible",
+    "check_supported_module",
+    "flatten",
+    "unflatten",
+    "interpolate",
+    "interpolate_many",
+    "distance",
+    "stack_points",
+    "permute_hidden_units",
+]
+
+
+def check_supported_module(module: nn.Module) -> None:
+    """Refuse modules whose buffers depend on the parameters (BatchNorm running statistics).
+
+    Interpolating the parameters of such a model leaves its running statistics
+    meaningless; a policy for them (recompute, interpolate or freeze) is not
+    implemented yet, so the model is refused with the layer's name.
+    """
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.modules.batchnorm._NormBase) and sub.track_running_stats:
+            raise UnsupportedModelError(
+                f"layer {name or '<root>'!r} ({type(sub).__name__}) keeps running statistics that depend on "
+                "the parameters, and modeconnect has no policy for them yet; build the model with "
+                "track_running_stats=False, or replace the layer (e.g. by GroupNorm/LayerNorm)"
+            )
+
+
+def point_from_module(module: nn.Module) -> Point:
+    """Copy a module's parameters into a new point (detached clones; the module is untouched)."""
+    check_supported_module(module)
+    point = {name: p.detach().clone() for name, p in module.named_parameters()}
+    if not point:
+        raise ArchitectureMismatch(f"{type(module).__name__} has no parameters: there is nothing to connect")
+    return point
+
+
+def load_point_into(module: nn.Module, point: Mapping[str, Tensor]) -> nn.Module:
+    """Write a point into ``module``'s parameters in place (for exporting a bead as a model)."""
+    check_compatible(point_from_module(module), point, "module", "point")
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(point[name])
+    return module
+
+
+def check_compatible(a: Mapping[str, Tensor], b: Mapping[str, Tensor], name_a: str = "a", name_b: str = "b") -> None:
+    """Raise :class:`ArchitectureMismatch` naming every difference in names, shapes or dtypes."""
+    problems = []
+    only_a = [k for k in a if k not in b]
+    only_b = [k for k in b if k not in a]
+    if only_a:
+        problems.append(f"only in {name_a}: {', '.join(only_a)}")
+    if only_b:
+        problems.append(f"only in {name_b}: {', '.join(only_b)}")
+    for k in a:
+        if k in b:
+            if tuple(a[k].shape) != tuple(b[k].shape):
+                problems.append(f"{k}: shape {tuple(a[k].shape)} in {name_a} vs {tuple(b[k].shape)} in {name_b}")
+            elif a[k].dtype != b[k].dtype:
+                problems.append(f"{k}: dtype {a[k].dtype} in {name_a} vs {b[k].dtype} in {name_b}")
+    if problems:
+        raise ArchitectureMismatch(
+            f"{name_a} and {name_b} do not have the same architecture ("
+            + "; ".join(problems)
+            + "): both must come from the same model class with the same sizes"
+        )
+
+
+def flatten(point: Mapping[str, Tensor]) -> Tensor:
+    """Concatenate all parameters (in key order) into one vector."""
+    return torch.cat([v.reshape(-1) for v in point.values()])
+
+
+def unflatten(vector: Tensor, like: Mapping[str, Tensor]) -> Point:
+    """Inverse of :func:`flatten` with names and shapes taken from ``like``."""
+    total = sum(v.numel() for v in like.values())
+    if vector.ndim != 1 or vector.numel() != total:
+        raise ArchitectureMismatch(f"vector of shape {tuple(vector.shape)} cannot fill {total} parameters")
+    out, offset = {}, 0
+    for k, v in like.items():
+        out[k] = vector[offset : offset + v.numel()].view_as(v).clone()
+        offset += v.numel()
+    return out
+
+
+def interpolate(a: Mapping[str, Tensor], b: Mapping[str, Tensor], t: float) -> Point:
+    """The point ``(1 - t) * a + t * b``."""
+    return {k: torch.lerp(a[k], b[k], float(t)) for k in a}
+
+
+def interpolate_many(a: Mapping[str, Tensor], b: Mapping[str, Tensor], ts: Sequence[float] | Tensor) -> Point:
+    """A batch of points along the segment: each value gets a leading dimension of ``len(ts)``."""
+    first = next(iter(a.values()))
+    ts = torch.as_tensor(ts, dtype=first.dtype, device=first.device).reshape(-1)
+    out = {}
+    for k in a:
+        shape = (-1,) + (1,) * a[k].ndim
+        out[k] = a[k].unsqueeze(0) + ts.view(shape) * (b[k] - a[k]).unsqueeze(0)
+    return out
+
+
+def distance(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
+    """Euclidean distance over all parameters, accumulated in float64."""
+    total = 0.0
+    for k in a:
+        total += float(torch.sum((a[k].double() - b[k].double()) ** 2))
+    return math.sqrt(total)
+
+
+def stack_points(points: Sequence[Mapping[str, Tensor]]) -> Point:
+    """Stack points into one batched point with a leading dimension."""
+    if not points:
+        raise ValueError("cannot stack an empty list of points")
+    return {k: torch.stack([p[k] for p in points]) for k in points[0]}
+
+
+def permute_hidden_units(
+    point: Mapping[str, Tensor], layer: str, next_layer: str, permutation: Sequence[int] | Tensor
+) -> Point:
+    """Permute the output units of ``layer`` and the matching inputs of ``next_layer``.
+
+    ``layer`` and ``next_layer`` are module-name prefixes (``"0"`` for
+    ``"0.weight"``). Rows of ``{layer}.weight`` (and ``{layer}.bias`` if
+    present) are permuted, and so are the columns (dimension 1) of
+    ``{next_layer}.weight``. For a network whose units between the two layers
+    act elementwise (ReLU, sigmoid, ...) the function is unchanged. Works for
+    ``nn.Linear`` and for ``nn.Conv*d`` channels.
+
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    >>> p = permute_hidden_units(point_from_module(net), "0", "2", [1, 0, 2])
+    >>> torch.equal(p["0.weight"][0], net[0].weight[1].detach())
+    True
+    """
+    out = {k: v.clone() for k, v in point.items()}
+    w_in, w_out = f"{layer}.weight", f"{next_layer}.weight"
+    for key in (w_in, w_out):
+        if key not in point:
+            raise ArchitectureMismatch(f"no parameter named {key!r}; available: {', '.join(point)}")
+    n = point[w_in].shape[0]
+    perm = torch.as_tensor(permutation, dtype=torch.long).reshape(-1)
+    if perm.numel() != n or not torch.equal(torch.sort(perm).values, torch.arange(n)):
+        raise ValueError(f"permutation {perm.tolist()} is not a permutation of the {n} units of layer {layer!r}")
+    if point[w_out].ndim < 2 or point[w_out].shape[1] != n:
+        raise ArchitectureMismatch(
+            f"{w_out} has shape {tuple(point[w_out].shape)}: its dimension 1 should match the {n} units of {layer!r}"
+        )
+    out[w_in] = point[w_in][perm]
+    if f"{layer}.bias" in point:
+        out[f"{layer}.bias"] = point[f"{layer}.bias"][perm]
+    out[w_out] = point[w_out][:, perm]
+    return out

@@ -1,0 +1,29 @@
+"""Tasks: model factory + training objective + default energy. One file per family."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..errors import ConfigError
+from .base import Task
+from .controls import convex_task, permutation_task
+from .polynomial import polynomial_task
+
+__all__ = ["Task", "TASKS", "make_task", "polynomial_task", "convex_task", "permutation_task"]
+
+TASKS: dict[str, Callable[..., Task]] = {
+    "quadratic": lambda **kw: polynomial_task("quadratic", **kw),
+    "cubic": lambda **kw: polynomial_task("cubic", **kw),
+    "convex": convex_task,
+    "permutation": permutation_task,
+}
+
+
+def make_task(name: str, **options) -> Task:
+    """Build a task by name; options go to its factory (e.g. ``activation="relu"``)."""
+    if name not in TASKS:
+        raise ConfigError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
+    try:
+        return TASKS[name](**options)
+    except TypeError as exc:
+        raise ConfigError(f"task {name!r} does not take these options: {exc}") from None

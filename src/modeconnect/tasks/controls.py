@@ -1,0 +1,83 @@
+"""Control tasks with known answers.
+
+* ``convex``: a single linear layer fitted by MSE. The energy is convex in the
+  parameters, so the straight segment between two endpoints below L0 stays
+  below L0: DSS must need no bead and report normalized length 1.
+* ``permutation`` (Freeman & Bruna, Appendix E): a 2-3-2 ReLU network without
+  biases (12 parameters) mapping three points of R^2 to their cyclic
+  permutation, connected against a copy of itself with its first two hidden
+  units swapped. The two endpoints compute the same function, yet no
+  low-energy path joins them: DSS must report failure and why.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..energy import Energy
+from ..errors import ConfigError
+from ..params import permute_hidden_units
+from ..train import Objective, TrainConfig
+from ._init import seeded
+from .base import Task
+
+
+def convex_task(*, n_inputs: int = 4, n_outputs: int = 2, n_train: int = 256, n_test: int = 256,
+                noise: float = 0.1, data_seed: int = 0) -> Task:
+    if min(n_inputs, n_outputs, n_train, n_test) < 1 or noise < 0:
+        raise ConfigError("convex task sizes must be >= 1 and noise >= 0")
+    g = torch.Generator().manual_seed(int(data_seed))
+    weight = torch.randn(n_outputs, n_inputs, generator=g)
+    bias = torch.randn(n_outputs, generator=g)
+
+    def sample(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(n, n_inputs, generator=g)
+        return x, x @ weight.T + bias + noise * torch.randn(n, n_outputs, generator=g)
+
+    x_train, y_train = sample(n_train)
+    x_test, y_test = sample(n_test)
+    return Task(
+        name="convex",
+        description=f"convex control: linear {n_inputs}->{n_outputs} regression, energy = test MSE (noise floor {noise**2:g})",
+        make_model=lambda seed: seeded(lambda: nn.Linear(n_inputs, n_outputs), seed),
+        objective=Objective(x_train, y_train, "mse"),
+        energy=Energy(nn.Linear(n_inputs, n_outputs), x_test, y_test, "mse", strategy="vmap"),
+        default_threshold=round(2.0 * noise**2, 12) if noise > 0 else 1e-3,
+        endpoint_training=TrainConfig(optimizer="adam", lr=0.05, check_every=25, max_steps=10000),
+        bead_training=TrainConfig(optimizer="adam", lr=0.05, check_every=25, max_steps=10000),
+        options={"n_inputs": n_inputs, "n_outputs": n_outputs, "n_train": n_train, "n_test": n_test,
+                 "noise": noise, "data_seed": data_seed},
+    )
+
+
+def permutation_points() -> torch.Tensor:
+    """Three points of the unit circle, 120 degrees apart (pairwise obtuse, so 3 ReLU units can separate them)."""
+    angles = torch.tensor([90.0, 210.0, 330.0]) * math.pi / 180
+    return torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+def relu_232() -> nn.Sequential:
+    """The 2-3-2 ReLU network of Appendix E, without biases: 12 parameters."""
+    return nn.Sequential(nn.Linear(2, 3, bias=False), nn.ReLU(), nn.Linear(3, 2, bias=False))
+
+
+def permutation_task() -> Task:
+    x = permutation_points()
+    y = x.roll(-1, dims=0)  # x1 -> x2, x2 -> x3, x3 -> x1
+    return Task(
+        name="permutation",
+        description="Appendix E disconnection: 2-3-2 ReLU net (no biases) mapping 3 points to their cyclic "
+                    "permutation, against a copy with hidden units 1 and 2 swapped; energy = MSE on the 3 points",
+        make_model=lambda seed: seeded(relu_232, seed),
+        objective=Objective(x, y, "mse"),
+        energy=Energy(relu_232(), x, y, "mse", strategy="vmap", split="train (the task has only 3 points)"),
+        default_threshold=0.02,
+        endpoint_training=TrainConfig(optimizer="adam", lr=0.02, check_every=25, max_steps=20000),
+        bead_training=TrainConfig(optimizer="adam", lr=0.01, check_every=25, max_steps=2000),
+        endpoint_fraction=0.5,
+        derive_endpoint_b=lambda point: permute_hidden_units(point, "0", "2", [1, 0, 2]),
+        options={},
+    )
