@@ -16,6 +16,7 @@ properties of the Path, whatever method produced it. ``beads[0]`` and
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path as FsPath
@@ -28,10 +29,9 @@ from ._io import read_json, read_tensors, write_json, write_tensors
 from .errors import ArchitectureMismatch, StoreError
 from .params import Point, check_compatible, distance, point_from_module
 
-__all__ = ["Segment", "Path", "PATH_JSON", "PATH_TENSORS"]
+__all__ = ["Segment", "Path", "PATH_JSON"]
 
 PATH_JSON = "path.json"
-PATH_TENSORS = "path.safetensors"
 _FORMAT = "modeconnect.path"
 _VERSION = 1
 
@@ -141,23 +141,29 @@ class Path:
 
     # -- storage -----------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> None:
-        """Write ``path.safetensors`` (beads) and ``path.json`` (segments, shapes, metadata) into ``directory``.
+        """Write the beads (``beads-<id>.safetensors``) and ``path.json`` (segments, shapes, metadata).
 
-        The tensors are written first, so an interrupted save leaves the previous JSON pointing at a
-        consistent previous state or at a tensor file with at least as many beads.
+        The tensor file gets a fresh name and ``path.json`` (written atomically, last) names it, so an
+        interruption at any moment leaves the previous or the new state complete, never a mix.
+        Tensor files no longer named by ``path.json`` are removed afterwards.
         """
         directory = FsPath(directory)
+        tensor_file = f"beads-{uuid.uuid4().hex[:12]}.safetensors"
         tensors = {f"{i:05d}/{name}": value for i, bead in enumerate(self.beads) for name, value in bead.items()}
-        write_tensors(directory / PATH_TENSORS, tensors)
+        write_tensors(directory / tensor_file, tensors)
         write_json(directory / PATH_JSON, {
             "format": _FORMAT,
             "version": _VERSION,
+            "tensors": tensor_file,
             "n_points": len(self.beads),
             "parameters": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
                            for k, v in self.beads[0].items()},
             "segments": [s.to_dict() for s in self.segments],
             "metadata": self.metadata,
         })
+        for stale in directory.glob("beads-*.safetensors"):
+            if stale.name != tensor_file:
+                stale.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, like: Mapping[str, Tensor] | nn.Module | None = None) -> Path:
@@ -169,7 +175,8 @@ class Path:
         if meta.get("version") != _VERSION:
             raise StoreError(f"{directory / PATH_JSON} has format version {meta.get('version')}, "
                              f"this modeconnect reads version {_VERSION}")
-        tensors = read_tensors(directory / PATH_TENSORS)
+        tensor_path = directory / meta["tensors"]
+        tensors = read_tensors(tensor_path)
         params = meta["parameters"]
         beads = []
         for i in range(meta["n_points"]):
@@ -177,7 +184,7 @@ class Path:
             for name, spec in params.items():
                 key = f"{i:05d}/{name}"
                 if key not in tensors:
-                    raise StoreError(f"{directory / PATH_TENSORS} lacks parameter {name!r} of bead {i}; "
+                    raise StoreError(f"{tensor_path} lacks parameter {name!r} of bead {i}; "
                                      "the file does not match path.json")
                 value = tensors[key]
                 if list(value.shape) != spec["shape"]:

@@ -73,7 +73,7 @@ def permutation_task() -> Task:
                     "permutation, against a copy with hidden units 1 and 2 swapped; energy = MSE on the 3 points",
         make_model=lambda seed: seeded(relu_232, seed),
         objective=Objective(x, y, "mse"),
-        energy=Energy(relu_232(), x, y, "mse", strategy="vmap", split="train (the task has only 3 points)"),
+        energy=Energy(relu_232(), x, y, "mse", strategy="vmap", split="train"),
         default_threshold=0.02,
         endpoint_training=TrainConfig(optimizer="adam", lr=0.02, check_every=25, max_steps=20000),
         bead_training=TrainConfig(optimizer="adam", lr=0.01, check_every=25, max_steps=2000),
