@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path as FsPath
 from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -61,8 +62,12 @@ def read_json(source: str | os.PathLike) -> Any:
 
 
 def write_tensors(target: str | os.PathLike, tensors: Mapping[str, Tensor]) -> None:
-    """Atomically write tensors in safetensors format."""
-    data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    """Atomically write tensors in safetensors format.
+
+    Values may share memory (e.g. a path whose two endpoints are the same tensors): safetensors refuses
+    shared tensors, so every value is written from its own contiguous CPU copy.
+    """
+    data = {k: v.detach().to("cpu", copy=True, memory_format=torch.contiguous_format) for k, v in tensors.items()}
     _replace_into(FsPath(target), lambda tmp: save_file(data, tmp))
 
 

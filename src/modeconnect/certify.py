@@ -77,13 +77,20 @@ def certify_segment(a, b, energy, *, resolution: float = 1e-3, initial_grid: int
     while True:
         maxima = _local_maxima(values)
         coarse = [i for i in maxima if _spacing_around(ts, i) > resolution]
-        if not coarse or len(ts) >= max_evaluations:
+        budget = max_evaluations - len(ts)
+        if not coarse or budget <= 0:
             break
+        # Highest maxima first, so that if the budget runs short it is spent where the energy is largest.
+        coarse.sort(key=lambda i: values[i], reverse=True)
         new = []
         for i in coarse:
             lo, hi = ts[max(i - 1, 0)], ts[min(i + 1, len(ts) - 1)]
             new.append(np.linspace(lo, hi, refine_points + 2)[1:-1])
-        new_ts = np.setdiff1d(np.unique(np.concatenate(new)), ts)
+        candidates = np.concatenate(new)
+        candidates = candidates[~np.isin(candidates, ts)]
+        _, first = np.unique(candidates, return_index=True)
+        # max_evaluations is a hard cap: keep at most `budget` new points (in priority order).
+        new_ts = np.sort(candidates[np.sort(first)][:budget])
         if new_ts.size == 0:
             break
         new_values = np.nan_to_num(energy.along_segment(a, b, torch.from_numpy(new_ts)).numpy(), nan=np.inf)

@@ -56,6 +56,11 @@ def metric_sum(metric: str | Metric, outputs: Tensor, targets: Tensor) -> Tensor
     """Sum over the samples (dimension 0) of the per-sample metric. Works under ``torch.func.vmap``."""
     metric = as_metric(metric)
     n = outputs.shape[0]
+    if metric in (Metric.MSE, Metric.MAE) and outputs.shape != targets.shape:
+        raise ConfigError(
+            f"model outputs have shape {tuple(outputs.shape)} but targets have shape {tuple(targets.shape)}; "
+            f"{metric.value} needs them equal (e.g. targets of shape [n, 1] for one output)"
+        )
     if metric is Metric.MSE:
         return ((outputs - targets) ** 2).reshape(n, -1).mean(dim=1).sum()
     if metric is Metric.MAE:

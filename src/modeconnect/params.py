@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .errors import ArchitectureMismatch, UnsupportedModelError
+from .errors import ArchitectureMismatch, ConfigError, UnsupportedModelError
 
 Point = dict[str, Tensor]
 
@@ -123,13 +123,18 @@ def interpolate(a: Mapping[str, Tensor], b: Mapping[str, Tensor], t: float) -> P
 
 
 def interpolate_many(a: Mapping[str, Tensor], b: Mapping[str, Tensor], ts: Sequence[float] | Tensor) -> Point:
-    """A batch of points along the segment: each value gets a leading dimension of ``len(ts)``."""
+    """A batch of points along the segment: each value gets a leading dimension of ``len(ts)``.
+
+    Entry ``i`` is bitwise equal to ``interpolate(a, b, ts[i])`` (same ``torch.lerp`` formula), so in
+    particular ``t = 0`` and ``t = 1`` give exactly ``a`` and ``b``.
+    """
     first = next(iter(a.values()))
     ts = torch.as_tensor(ts, dtype=first.dtype, device=first.device).reshape(-1)
     out = {}
     for k in a:
         shape = (-1,) + (1,) * a[k].ndim
-        out[k] = a[k].unsqueeze(0) + ts.view(shape) * (b[k] - a[k]).unsqueeze(0)
+        weight = ts.to(a[k].dtype).view(shape)
+        out[k] = torch.lerp(a[k].unsqueeze(0), b[k].unsqueeze(0), weight)
     return out
 
 
@@ -174,7 +179,7 @@ def permute_hidden_units(
     n = point[w_in].shape[0]
     perm = torch.as_tensor(permutation, dtype=torch.long).reshape(-1)
     if perm.numel() != n or not torch.equal(torch.sort(perm).values, torch.arange(n)):
-        raise ValueError(f"permutation {perm.tolist()} is not a permutation of the {n} units of layer {layer!r}")
+        raise ConfigError(f"permutation {perm.tolist()} is not a permutation of the {n} units of layer {layer!r}")
     if point[w_out].ndim < 2 or point[w_out].shape[1] != n:
         raise ArchitectureMismatch(
             f"{w_out} has shape {tuple(point[w_out].shape)}: its dimension 1 should match the {n} units of {layer!r}"

@@ -57,6 +57,15 @@ class Segment:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Segment:
+        """Inverse of :meth:`to_dict` after a JSON round trip, where non-finite floats are stored as strings."""
+        fields = dict(data)
+        for key in ("max_energy", "argmax_t"):
+            if fields.get(key) is not None:
+                fields[key] = float(fields[key])
+        return cls(**fields)
+
 
 class Path:
     """Beads in order plus one :class:`Segment` record per neighbouring pair."""
@@ -156,6 +165,7 @@ class Path:
             "version": _VERSION,
             "tensors": tensor_file,
             "n_points": len(self.beads),
+            "parameter_order": list(self.beads[0]),
             "parameters": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
                            for k, v in self.beads[0].items()},
             "segments": [s.to_dict() for s in self.segments],
@@ -181,7 +191,8 @@ class Path:
         beads = []
         for i in range(meta["n_points"]):
             bead = {}
-            for name, spec in params.items():
+            for name in meta.get("parameter_order", list(params)):
+                spec = params[name]
                 key = f"{i:05d}/{name}"
                 if key not in tensors:
                     raise StoreError(f"{tensor_path} lacks parameter {name!r} of bead {i}; "
@@ -198,5 +209,5 @@ class Path:
                 check_compatible(reference, beads[0], "the expected model", "the saved path")
             except ArchitectureMismatch as exc:
                 raise ArchitectureMismatch(f"{directory}: {exc}") from None
-        segments = [Segment(**s) for s in meta["segments"]]
+        segments = [Segment.from_dict(s) for s in meta["segments"]]
         return cls(beads, segments, meta.get("metadata", {}))

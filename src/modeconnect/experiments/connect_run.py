@@ -140,7 +140,7 @@ def run_connect(
     endpoints: dict[str, Point] = {}
     endpoint_clock = time.perf_counter()
     for which in ("a", "b"):
-        stored = store.endpoint(which) if store is not None else None
+        stored = store.endpoint(which, task.energy.template) if store is not None else None
         if stored is not None:
             endpoints[which] = stored
             continue

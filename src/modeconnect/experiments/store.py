@@ -27,8 +27,8 @@ import safetensors
 import torch
 
 from .._io import read_json, read_tensors, write_json, write_tensors
-from ..errors import StoreError
-from ..params import Point
+from ..errors import ArchitectureMismatch, StoreError
+from ..params import Point, check_compatible
 from ..path import PATH_JSON, Path
 
 CONFIG = "config.json"
@@ -90,9 +90,17 @@ class RunDirectory:
         return False
 
     # endpoints
-    def endpoint(self, which: str) -> Point | None:
+    def endpoint(self, which: str, like: Point) -> Point | None:
+        """The saved endpoint (parameters in ``like``'s order, checked against it), or None if not saved yet."""
         file = self.root / ENDPOINT.format(which)
-        return read_tensors(file) if file.exists() else None
+        if not file.exists():
+            return None
+        stored = read_tensors(file)
+        try:
+            check_compatible(like, stored, "the task's model", str(file))
+        except ArchitectureMismatch as exc:
+            raise StoreError(f"{exc}; delete {file} to train the endpoint again") from None
+        return {name: stored[name] for name in like}
 
     def save_endpoint(self, which: str, point: Point) -> None:
         write_tensors(self.root / ENDPOINT.format(which), point)

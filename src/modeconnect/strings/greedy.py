@@ -108,7 +108,7 @@ class DSSConfig:
     """Base seed; bead k is trained with a seed derived from (seed, k)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tstar", _enum(TStar, self.tstar, "t* rule"))
+        object.__setattr__(self, "tstar", _enum(TStar, self.tstar, "tstar"))
         object.__setattr__(self, "order", _enum(Order, self.order, "order"))
         if isinstance(self.bead_training, dict):
             object.__setattr__(self, "bead_training", TrainConfig(**self.bead_training))

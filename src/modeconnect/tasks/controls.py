@@ -64,6 +64,29 @@ def relu_232() -> nn.Sequential:
     return nn.Sequential(nn.Linear(2, 3, bias=False), nn.ReLU(), nn.Linear(3, 2, bias=False))
 
 
+def permutation_init(seed: int) -> nn.Sequential:
+    """A 2-3-2 network in the basin of the task's solutions, drawn from ``seed``.
+
+    Plain random initialisation of this 12-parameter ReLU net usually leaves a point with no active
+    unit (a dead corner that gradient descent cannot leave: energy stuck at 1/6). We therefore draw the
+    first layer from N(0, 1) until each hidden unit is active on exactly one point and each point
+    activates exactly one unit, and start the output layer at zero; training then reaches the target
+    from every seed we tried (20 of 20 with Adam, lr 0.02).
+    """
+    x = permutation_points()
+    generator = torch.Generator().manual_seed(int(seed))
+    model = relu_232()
+    for _ in range(10_000):
+        w1 = torch.randn(3, 2, generator=generator)
+        active = (x @ w1.T) > 0  # [point, unit]
+        if bool((active.sum(0) == 1).all() and (active.sum(1) == 1).all()):
+            with torch.no_grad():
+                model[0].weight.copy_(w1)
+                model[2].weight.zero_()
+            return model
+    raise RuntimeError("no suitable initialisation found in 10000 draws")  # probability ~ 0
+
+
 def permutation_task() -> Task:
     x = permutation_points()
     y = x.roll(-1, dims=0)  # x1 -> x2, x2 -> x3, x3 -> x1
@@ -71,7 +94,7 @@ def permutation_task() -> Task:
         name="permutation",
         description="Appendix E disconnection: 2-3-2 ReLU net (no biases) mapping 3 points to their cyclic "
                     "permutation, against a copy with hidden units 1 and 2 swapped; energy = MSE on the 3 points",
-        make_model=lambda seed: seeded(relu_232, seed),
+        make_model=permutation_init,
         objective=Objective(x, y, "mse"),
         energy=Energy(relu_232(), x, y, "mse", strategy="vmap", split="train"),
         default_threshold=0.02,
