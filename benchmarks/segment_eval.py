@@ -2,8 +2,8 @@
 
 Run from the repository root:
 
-    .venv/bin/python benchmarks/segment_eval.py            # full run (about 1.5 minutes on 2 cores)
-    .venv/bin/python benchmarks/segment_eval.py --quick    # smoke run (a few seconds)
+    .venv/bin/python benchmarks/segment_eval.py            # full run (about 1-2 minutes on 2 cores)
+    .venv/bin/python benchmarks/segment_eval.py --quick    # smoke run (~15 s; 1 repeat, so noisy)
     .venv/bin/python benchmarks/segment_eval.py --threads 1
 
 What it prints:
@@ -13,17 +13,22 @@ What it prints:
     speed-up vs the loop (loop_time / time, > 1 means faster), points*samples per second, achieved
     GFLOP/s (forward FLOPs counted analytically: 2*in*out per Linear, 2*Cin*Cout*k*k*Hout*Wout per
     Conv2d, per sample; activations, pooling and the metric ignored) and that as a % of the matmul rate;
-  * the strategy "auto" chose for each model (auto is timed only after its first, measuring, call);
+  * the strategy "auto" chose for each model and how long its first (measuring) call took; auto is
+    timed on later calls only;
+  * how much of the loop's time goes into just building the interpolated points (interpolate_many);
+  * the load average: the timings are only meaningful on an otherwise idle machine;
   * one line saying whether the targets hold: auto never slower than the loop (10% noise allowed)
     and vmap at least 3x faster than the loop on the 1-4-4-1 MLP.
 
 Models: the paper's 1-4-4-1 sigmoid MLP (``mlp_1441``) with the MAE energy on 256 samples of
-x ~ U[0, 1], and an MNIST-sized convnet with the cross-entropy energy on random 28x28 images.
+x ~ U[0, 1], and an MNIST-sized convnet with the cross-entropy energy on random 28x28 images
+(64 of them; 16 with --quick). All energies use Energy's default chunk_size (64 points).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,7 +39,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runnable without installing
 
 from modeconnect.energy import Energy  # noqa: E402
-from modeconnect.params import point_from_module  # noqa: E402
+from modeconnect.params import interpolate_many, point_from_module  # noqa: E402
 from modeconnect.tasks.polynomial import mlp_1441  # noqa: E402
 
 N_POINTS = 100
@@ -85,17 +90,20 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def bench(energy: Energy, a, b, ts, warmup: int, repeats: int) -> tuple[float, torch.Tensor]:
-    """Best-of-``repeats`` seconds for one segment after ``warmup`` untimed calls, and the energies."""
-    values = None
-    for _ in range(warmup):
-        values = energy.along_segment(a, b, ts)
-    times = []
+def bench(energies: dict[str, Energy], a, b, ts, warmup: int, repeats: int):
+    """Best-of-``repeats`` seconds per segment for each energy after ``warmup`` untimed calls, and the
+    energies. Repeats are interleaved (loop, vmap, auto, loop, ...) so that load drift hits all alike."""
+    values = {name: None for name in energies}
+    for name, energy in energies.items():
+        for _ in range(warmup):
+            values[name] = energy.along_segment(a, b, ts)
+    times = {name: float("inf") for name in energies}
     for _ in range(repeats):
-        start = time.perf_counter()
-        values = energy.along_segment(a, b, ts)
-        times.append(time.perf_counter() - start)
-    return min(times), values
+        for name, energy in energies.items():
+            start = time.perf_counter()
+            values[name] = energy.along_segment(a, b, ts)
+            times[name] = min(times[name], time.perf_counter() - start)
+    return times, values
 
 
 def run_model(name, make_model, inputs, targets, metric, warmup, repeats, peak, rows, report):
@@ -103,18 +111,18 @@ def run_model(name, make_model, inputs, targets, metric, warmup, repeats, peak, 
     a, b = point_from_module(make_model()), point_from_module(make_model())
     model, ts = make_model(), torch.linspace(0, 1, N_POINTS)
     flops_per_segment = forward_flops(model, inputs[0]) * len(inputs) * N_POINTS
-    times, values = {}, {}
-    for strategy in ("loop", "vmap"):
-        energy = Energy(model, inputs, targets, metric, strategy=strategy)
-        times[strategy], values[strategy] = bench(energy, a, b, ts, warmup, repeats)
-    auto = Energy(model, inputs, targets, metric, strategy="auto")
-    first = _timed(lambda: auto.along_segment(a, b, ts))  # includes measuring both strategies
-    times["auto"], values["auto"] = bench(auto, a, b, ts, max(warmup - 1, 0), repeats)
+    energies = {s: Energy(model, inputs, targets, metric, strategy=s) for s in ("loop", "vmap", "auto")}
+    auto = energies["auto"]
+    first = _timed(lambda: auto.along_segment(a, b, ts))  # auto's first call measures both strategies
+    times, values = bench(energies, a, b, ts, warmup, repeats)
     chosen = auto.chosen_strategy.value
     rel = float(((values["vmap"] - values["loop"]).abs() / values["loop"].abs().clamp_min(1e-12)).max())
     report["agree"][name] = rel
     report["chosen"][name] = (chosen, first)
     report["times"][name] = times
+    interp = min(_timed(lambda: [interpolate_many(a, b, ts[s : s + 64]) for s in range(0, N_POINTS, 64)])
+                 for _ in range(repeats))
+    report["interp"][name] = interp
     print(f"  {name}: vmap vs loop max relative difference {rel:.2e} "
           f"({'OK' if rel <= 1e-5 else 'FAIL'}, tolerance 1e-5)", flush=True)
     for strategy in ("loop", "vmap", "auto"):
@@ -141,10 +149,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    conv_samples, conv_repeats, mlp_repeats = (16, 1, 5) if args.quick else (128, 2, 20)
+    conv_samples, conv_warmup, conv_repeats, mlp_repeats = (16, 0, 1, 5) if args.quick else (64, 1, 2, 20)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{'quick' if args.quick else 'full'} mode, {N_POINTS}-point segments")
+          f"{'quick' if args.quick else 'full'} mode, {N_POINTS}-point segments, "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     peak = matmul_gflops(512 if args.quick else 1024, 5 if args.quick else 10)
     print(f"float32 matmul rate (baseline for % of peak): {peak:.1f} GFLOP/s")
 
@@ -152,21 +161,29 @@ def main() -> None:
     x = torch.rand(256, 1, generator=gen)
     images = torch.randn(conv_samples, 1, 28, 28, generator=gen)
     labels = torch.randint(0, 10, (conv_samples,), generator=gen)
-    rows, report = [], {"agree": {}, "chosen": {}, "times": {}}
+    rows, report = [], {"agree": {}, "chosen": {}, "times": {}, "interp": {}}
     run_model("mlp-1441 (256 samples, mae)", mlp_1441, x, torch.sin(6 * x), "mae",
               3, mlp_repeats, peak, rows, report)
     run_model(f"convnet ({conv_samples} samples, ce)", convnet, images, labels, "cross_entropy",
-              1, conv_repeats, peak, rows, report)
+              conv_warmup, conv_repeats, peak, rows, report)
 
     print()
     print_table(rows)
     print()
     for name, (chosen, first) in report["chosen"].items():
-        print(f"auto chose {chosen!r} for {name} (its first call, which measures, took {first:.3g} s)")
+        fastest = min(("loop", "vmap"), key=report["times"][name].get)
+        print(f"auto chose {chosen!r} for {name} (its first call, which measures, took {first:.3g} s; "
+              f"the faster in the timed runs was {fastest!r})")
+    for name, interp in report["interp"].items():
+        share = interp / report["times"][name]["loop"]
+        print(f"{name}: interpolating the {N_POINTS} points alone (chunks of 64) takes {interp:.3g} s "
+              f"= {100 * share:.0f}% of the loop's segment time")
     auto_ok = all(t["auto"] <= 1.10 * t["loop"] for t in report["times"].values())
     mlp_times = next(iter(report["times"].values()))
     vmap_ok = mlp_times["loop"] / mlp_times["vmap"] >= 3.0
     agree_ok = all(r <= 1e-5 for r in report["agree"].values())
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} (timings are trustworthy only when this "
+          f"benchmark is the only busy process, i.e. the load is about {torch.get_num_threads()})")
     verdict = "HOLD" if auto_ok and vmap_ok and agree_ok else "DO NOT HOLD"
     print(f"targets {verdict}: auto never slower than loop (10% noise): {'yes' if auto_ok else 'NO'}; "
           f"vmap >= 3x loop on the MLP: {'yes' if vmap_ok else 'NO'} "

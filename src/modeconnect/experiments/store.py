@@ -62,6 +62,16 @@ def environment(seed: int) -> dict[str, Any]:
     }
 
 
+def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts into dotted keys (for naming what differs between two configs)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_leaves(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
 class RunDirectory:
     """A run's files. ``open`` creates it or checks that an existing one holds the same config."""
 
@@ -75,9 +85,9 @@ class RunDirectory:
         if config_file.exists():
             stored = read_json(config_file)
             if stored.get("run_id") != rid:
-                old = stored.get("config", {})
-                diff = [f"{k}: {old.get(k)!r} there vs {config.get(k)!r} now"
-                        for k in sorted(set(old) | set(config)) if old.get(k) != config.get(k)]
+                old, new = _leaves(stored.get("config", {})), _leaves(config)
+                diff = [f"{k}: {old.get(k)!r} there vs {new.get(k)!r} now"
+                        for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
                 raise StoreError(
                     f"{self.root} holds a different run ({'; '.join(diff) or 'unknown difference'}); "
                     "use another --out directory, or delete this one to start over"
