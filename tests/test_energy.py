@@ -216,7 +216,7 @@ def test_bad_inputs_raise_config_error():
         Energy(net, x, y[:19], "mse")
     with pytest.raises(ConfigError, match="empty"):
         Energy(net, x[:0], y[:0], "mse")
-    with pytest.raises(ConfigError, match="chunk_size must be >= 1, got 0"):
+    with pytest.raises(ConfigError, match="chunk_size must be >= 1 or None, got 0"):
         Energy(net, x, y, "mse", chunk_size=0)
     with pytest.raises(ConfigError, match="sample_batch_size must be >= 1"):
         Energy(net, x, y, "mse", sample_batch_size=0)

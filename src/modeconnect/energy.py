@@ -31,7 +31,7 @@ from torch.func import functional_call, vmap
 
 from .errors import ConfigError, NonFiniteEnergyError
 from .metrics import Metric, as_metric, metric_sum
-from .params import Point, check_compatible, check_supported_module, interpolate_many, point_from_module
+from .params import check_compatible, check_supported_module, interpolate, interpolate_many, point_from_module
 
 __all__ = ["Energy", "Strategy"]
 
@@ -63,7 +63,8 @@ class Energy:
         inputs, targets: the evaluation data (the whole split or a fixed subset).
         metric: a :class:`~modeconnect.metrics.Metric` name.
         strategy: a :class:`Strategy` name.
-        chunk_size: most points evaluated in one batched call (bounds memory).
+        chunk_size: most points per batched (VMAP) call; ``None`` derives it from ``memory_budget_mb``.
+        memory_budget_mb: parameter memory one batched call may materialise (when ``chunk_size`` is None).
         sample_batch_size: most samples per forward pass (``None``: all at once).
         split: a label for where the data came from, recorded in results.
     """
@@ -76,15 +77,18 @@ class Energy:
         metric: str | Metric,
         *,
         strategy: str | Strategy = Strategy.AUTO,
-        chunk_size: int = 64,
+        chunk_size: int | None = None,
+        memory_budget_mb: float = 256.0,
         sample_batch_size: int | None = None,
         split: str = "test",
     ) -> None:
         check_supported_module(model)
         self.metric = as_metric(metric)
         self.strategy = _as_strategy(strategy)
-        if chunk_size < 1:
-            raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ConfigError(f"chunk_size must be >= 1 or None, got {chunk_size}")
+        if not memory_budget_mb > 0:
+            raise ConfigError(f"memory_budget_mb must be positive, got {memory_budget_mb}")
         if sample_batch_size is not None and sample_batch_size < 1:
             raise ConfigError(f"sample_batch_size must be >= 1 or None, got {sample_batch_size}")
         if len(inputs) != len(targets):
@@ -96,6 +100,7 @@ class Energy:
             p.requires_grad_(False)
         self.inputs, self.targets = inputs, targets
         self.chunk_size = chunk_size
+        self.memory_budget_mb = memory_budget_mb
         self.sample_batch_size = sample_batch_size
         self.split = split
         self.chosen_strategy: Strategy | None = None if self.strategy is Strategy.AUTO else self.strategy
@@ -116,6 +121,8 @@ class Energy:
             "strategy": self.strategy.value,
             "chosen_strategy": None if self.chosen_strategy is None else self.chosen_strategy.value,
             "chunk_size": self.chunk_size,
+            "points_per_chunk": self.points_per_chunk,
+            "memory_budget_mb": self.memory_budget_mb,
             "sample_batch_size": self.sample_batch_size,
         }
 
@@ -131,19 +138,17 @@ class Energy:
     def evaluate(self, points: Mapping[str, Tensor]) -> Tensor:
         """Energies (float64, shape ``[P]``) of a batch of ``P`` points."""
         n_points = next(iter(points.values())).shape[0]
-        out = []
-        for start in range(0, n_points, self.chunk_size):
-            chunk = {k: v[start : start + self.chunk_size] for k, v in points.items()}
-            out.append(self._evaluate_chunk(chunk))
-        return torch.cat(out)
+        return self._evaluate(n_points, lambda lo, hi: {k: v[lo:hi] for k, v in points.items()},
+                              lambda i: {k: v[i] for k, v in points.items()})
 
     def along_segment(self, a: Mapping[str, Tensor], b: Mapping[str, Tensor], ts: Sequence[float] | Tensor) -> Tensor:
-        """Energies at ``(1 - t) a + t b`` for each ``t`` in ``ts`` (float64, shape ``[len(ts)]``)."""
+        """Energies at ``(1 - t) a + t b`` for each ``t`` in ``ts`` (float64, shape ``[len(ts)]``).
+
+        Interpolated points are built lazily: one at a time for LOOP, ``chunk_size`` at a time for VMAP.
+        """
         ts = torch.as_tensor(ts, dtype=torch.float64).reshape(-1)
-        out = []
-        for start in range(0, len(ts), self.chunk_size):
-            out.append(self._evaluate_chunk(interpolate_many(a, b, ts[start : start + self.chunk_size])))
-        return torch.cat(out)
+        return self._evaluate(len(ts), lambda lo, hi: interpolate_many(a, b, ts[lo:hi]),
+                              lambda i: interpolate(a, b, float(ts[i])))
 
     def require_finite(self, value: float, what: str) -> float:
         """Return ``value`` or raise :class:`NonFiniteEnergyError` naming ``what``."""
@@ -155,8 +160,15 @@ class Energy:
         return value
 
     # -- internals ---------------------------------------------------------------------------
-    def _inputs_for(self, chunk: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        ref = next(iter(chunk.values()))
+    @property
+    def points_per_chunk(self) -> int:
+        """Points per batched (VMAP) call: ``chunk_size``, or as many as fit ``memory_budget_mb`` of parameters."""
+        if self.chunk_size is not None:
+            return self.chunk_size
+        per_point = sum(v.numel() * v.element_size() for v in self.template.values())
+        return max(1, min(256, int(self.memory_budget_mb * 2**20) // max(per_point, 1)))
+
+    def _data_like(self, ref: Tensor) -> tuple[Tensor, Tensor]:
         x, y = self.inputs, self.targets
         if x.device != ref.device:
             x, y = x.to(ref.device), y.to(ref.device)
@@ -169,42 +181,57 @@ class Energy:
     def _point_sum(self, params: Mapping[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         return metric_sum(self.metric, functional_call(self.model, dict(params), (x,)), y)
 
-    def _run(self, strategy: Strategy, chunk: Mapping[str, Tensor]) -> Tensor:
-        x_all, y_all = self._inputs_for(chunk)
-        n_points = next(iter(chunk.values())).shape[0]
-        total = torch.zeros(n_points, dtype=torch.float64, device=x_all.device)
-        step = self.sample_batch_size or len(x_all)
-        batched = vmap(self._point_sum, in_dims=(0, None, None)) if strategy is Strategy.VMAP else None
-        for s in range(0, len(x_all), step):
-            x, y = x_all[s : s + step], y_all[s : s + step]
-            if batched is not None:
-                total += batched(dict(chunk), x, y).double()
-            else:
-                for i in range(n_points):
-                    total[i] += self._point_sum({k: v[i] for k, v in chunk.items()}, x, y).double()
-        self.n_evaluations += n_points
-        return total / len(x_all)
+    def _sample_batches(self, ref: Tensor):
+        x, y = self._data_like(ref)
+        step = self.sample_batch_size or len(x)
+        return [(x[s : s + step], y[s : s + step]) for s in range(0, len(x), step)], len(x)
 
-    def _evaluate_chunk(self, chunk: Mapping[str, Tensor]) -> Tensor:
+    def _one(self, point: Mapping[str, Tensor]) -> Tensor:
+        batches, n = self._sample_batches(next(iter(point.values())))
+        total = sum(self._point_sum(point, x, y).double() for x, y in batches)
+        return total / n
+
+    def _chunk(self, chunk: Mapping[str, Tensor]) -> Tensor:
+        batches, n = self._sample_batches(next(iter(chunk.values())))
+        batched = vmap(self._point_sum, in_dims=(0, None, None))
+        total = sum(batched(dict(chunk), x, y).double() for x, y in batches)
+        return total / n
+
+    def _evaluate(self, n_points: int, get_chunk, get_one) -> Tensor:
         with torch.no_grad():
-            if self.chosen_strategy is None:
-                n_points = next(iter(chunk.values())).shape[0]
-                if n_points < 2:
-                    return self._run(Strategy.LOOP, chunk)
-                self.chosen_strategy = self._measure(chunk)
-            return self._run(self.chosen_strategy, chunk)
+            if self.chosen_strategy is None and n_points >= 2:
+                self.chosen_strategy = self._measure(get_chunk, get_one, min(n_points, self.points_per_chunk, 8))
+            strategy = self.chosen_strategy or Strategy.LOOP
+            self.n_evaluations += n_points
+            if strategy is Strategy.LOOP:
+                return torch.stack([self._one(get_one(i)) for i in range(n_points)]).reshape(n_points)
+            size = self.points_per_chunk
+            return torch.cat([self._chunk(get_chunk(lo, min(lo + size, n_points))) for lo in range(0, n_points, size)])
 
-    def _measure(self, chunk: Mapping[str, Tensor]) -> Strategy:
-        """Time both strategies on this chunk (after one warm-up each) and return the faster."""
-        timings = {}
-        for strategy in (Strategy.LOOP, Strategy.VMAP):
-            try:
-                self._run(strategy, chunk)
-                start = time.perf_counter()
-                self._run(strategy, chunk)
-                timings[strategy] = time.perf_counter() - start
-            except RuntimeError:  # an op without a batching rule: vmap is not an option
-                timings[strategy] = float("inf")
-        return min(timings, key=timings.get)
+    def _measure(self, get_chunk, get_one, n_probe: int) -> Strategy:
+        """Time both strategies on ``n_probe`` points (warm-up, then best of 2, taking turns); keep the faster.
 
+        VMAP must win by 10% to be chosen: the loop is the simpler reference and uses less memory.
+        """
+        def loop() -> None:
+            for i in range(n_probe):
+                self._one(get_one(i))
 
+        def batched() -> None:
+            self._chunk(get_chunk(0, n_probe))
+
+        def timed(run) -> float:
+            start = time.perf_counter()
+            run()
+            return time.perf_counter() - start
+
+        try:
+            batched()  # warm-up; fails for an op without a batching rule
+        except RuntimeError:
+            return Strategy.LOOP
+        loop()
+        t_loop = t_vmap = float("inf")
+        for _ in range(2):
+            t_loop = min(t_loop, timed(loop))
+            t_vmap = min(t_vmap, timed(batched))
+        return Strategy.VMAP if t_vmap < 0.9 * t_loop else Strategy.LOOP
