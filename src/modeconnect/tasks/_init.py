@@ -8,6 +8,12 @@ import torch
 from torch import nn
 
 
+def build_without_global_rng(build: Callable[[], nn.Module]) -> nn.Module:
+    """Call ``build`` (whose default initialisation draws from the global generator) and restore that generator."""
+    with torch.random.fork_rng(devices=[]):
+        return build()
+
+
 def seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
     """Build a module, then draw every parameter again from a private generator seeded with ``seed``.
 
@@ -15,7 +21,7 @@ def seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
     +-1/sqrt(fan_in)), biases the same bound, so results do not depend on
     ``torch.manual_seed`` anywhere else in the program.
     """
-    module = build()
+    module = build_without_global_rng(build)
     generator = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
         for sub in module.modules():

@@ -21,7 +21,7 @@ from ..energy import Energy
 from ..errors import ConfigError
 from ..params import permute_hidden_units
 from ..train import Objective, TrainConfig
-from ._init import seeded
+from ._init import build_without_global_rng, seeded
 from .base import Task
 
 
@@ -44,7 +44,7 @@ def convex_task(*, n_inputs: int = 4, n_outputs: int = 2, n_train: int = 256, n_
         description=f"convex control: linear {n_inputs}->{n_outputs} regression, energy = test MSE (noise floor {noise**2:g})",
         make_model=lambda seed: seeded(lambda: nn.Linear(n_inputs, n_outputs), seed),
         objective=Objective(x_train, y_train, "mse"),
-        energy=Energy(nn.Linear(n_inputs, n_outputs), x_test, y_test, "mse", strategy="vmap"),
+        energy=Energy(build_without_global_rng(lambda: nn.Linear(n_inputs, n_outputs)), x_test, y_test, "mse", strategy="vmap"),
         default_threshold=round(2.0 * noise**2, 12) if noise > 0 else 1e-3,
         endpoint_training=TrainConfig(optimizer="adam", lr=0.05, check_every=25, max_steps=10000),
         bead_training=TrainConfig(optimizer="adam", lr=0.05, check_every=25, max_steps=10000),
@@ -75,7 +75,7 @@ def permutation_init(seed: int) -> nn.Sequential:
     """
     x = permutation_points()
     generator = torch.Generator().manual_seed(int(seed))
-    model = relu_232()
+    model = build_without_global_rng(relu_232)
     for _ in range(10_000):
         w1 = torch.randn(3, 2, generator=generator)
         active = (x @ w1.T) > 0  # [point, unit]
@@ -96,7 +96,7 @@ def permutation_task() -> Task:
                     "permutation, against a copy with hidden units 1 and 2 swapped; energy = MSE on the 3 points",
         make_model=permutation_init,
         objective=Objective(x, y, "mse"),
-        energy=Energy(relu_232(), x, y, "mse", strategy="vmap", split="train"),
+        energy=Energy(build_without_global_rng(relu_232), x, y, "mse", strategy="vmap", split="train"),
         default_threshold=0.02,
         endpoint_training=TrainConfig(optimizer="adam", lr=0.02, check_every=25, max_steps=20000),
         bead_training=TrainConfig(optimizer="adam", lr=0.01, check_every=25, max_steps=2000),

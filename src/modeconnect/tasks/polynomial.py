@@ -13,7 +13,7 @@ from torch import nn
 from ..energy import Energy
 from ..errors import ConfigError
 from ..train import Objective, TrainConfig
-from ._init import seeded
+from ._init import build_without_global_rng, seeded
 from .base import Task
 
 POLYNOMIALS = {
@@ -41,7 +41,7 @@ def polynomial_task(kind: str, *, activation: str = "sigmoid", n_train: int = 25
     generator = torch.Generator().manual_seed(int(data_seed))
     x_train = torch.rand(n_train, 1, generator=generator)
     x_test = torch.rand(n_test, 1, generator=generator)
-    model = mlp_1441(activation)
+    model = build_without_global_rng(lambda: mlp_1441(activation))
     return Task(
         name=kind,
         description=f"{kind} regression {formula} on [0, 1], 1-4-4-1 {activation} MLP, energy = test MAE",
