@@ -257,5 +257,6 @@ def test_check_point_rejects_other_architecture():
     energy = Energy(net, x, y, "mse", strategy="loop")
     energy.check_point(point_from_module(net))  # same architecture: fine
     other = point_from_module(nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double())
-    with pytest.raises(ArchitectureMismatch, match=r"0\.weight: shape \(8, 3\) in the energy's model vs \(5, 3\) in bead"):
+    expected = r"0\.weight: shape \(8, 3\) in the energy's model vs \(5, 3\) in bead"
+    with pytest.raises(ArchitectureMismatch, match=expected):
         energy.check_point(other, "bead")

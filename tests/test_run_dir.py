@@ -81,7 +81,8 @@ def test_finished_run_is_not_recomputed(finished):
 
 def test_a_different_config_is_refused(finished):
     out, _ = finished
-    with pytest.raises(StoreError, match=r"holds a different run \(dss.alpha: 0.8 there vs 0.6 now; run.alpha: 0.8 there vs 0.6 now\)"):
+    expected = r"holds a different run \(dss.alpha: 0.8 there vs 0.6 now; run.alpha: 0.8 there vs 0.6 now\)"
+    with pytest.raises(StoreError, match=expected):
         run_connect(ConnectRunConfig(task="quadratic", threshold=0.02, seed=2, alpha=0.6), str(out))
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from enum import Enum
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

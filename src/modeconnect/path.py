@@ -96,7 +96,8 @@ class Path:
         self.segments[index] = replace(self.segments[index], **fields)
 
     def copy(self) -> Path:
-        return Path([{k: v.clone() for k, v in b.items()} for b in self.beads], list(self.segments), dict(self.metadata))
+        beads = [{k: v.clone() for k, v in b.items()} for b in self.beads]
+        return Path(beads, list(self.segments), dict(self.metadata))
 
     # -- geometry ----------------------------------------------------------------------------
     @property

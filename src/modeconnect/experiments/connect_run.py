@@ -19,7 +19,7 @@ from ..errors import ConfigError, ModeconnectError
 from ..params import Point, point_from_module
 from ..path import Path
 from ..seeding import derive_seed
-from ..strings.greedy import DSSConfig, DSSState, DSSStatus, check_endpoints, greedy_dss
+from ..strings.greedy import DSSConfig, DSSState, check_endpoints, greedy_dss
 from ..tasks import TASKS, Task, make_task
 from ..train import TrainConfig, train_to_target
 from .store import RunDirectory

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any
 
@@ -117,7 +117,9 @@ class DSSConfig:
         if not 0 < self.alpha <= 1:
             raise ConfigError(f"alpha must be in (0, 1], got {self.alpha}")
         if not (math.isfinite(self.tolerance) and self.tolerance >= 1):
-            raise ConfigError(f"tolerance must be >= 1 (segments pass when max <= tolerance * L0), got {self.tolerance}")
+            raise ConfigError(
+                f"tolerance must be >= 1 (segments pass when max <= tolerance * L0), got {self.tolerance}"
+            )
         if self.grid_size < 3:
             raise ConfigError(f"grid_size must be >= 3 (both endpoints and one interior point), got {self.grid_size}")
         if not 0 <= self.tstar_margin < 0.5:
@@ -197,7 +199,8 @@ def choose_tstar(ts: torch.Tensor, values: torch.Tensor, config: DSSConfig) -> f
         return 0.5
     cand_t, cand_v = ts[inside], values[inside]
     finite = cand_v[torch.isfinite(cand_v)]
-    if finite.numel() == cand_v.numel() and float(finite.max() - finite.min()) <= config.flat_tolerance * config.threshold:
+    flat = float(finite.max() - finite.min()) <= config.flat_tolerance * config.threshold
+    if finite.numel() == cand_v.numel() and flat:
         return 0.5
     return round(float(cand_t[int(torch.argmax(cand_v))]), 12)
 
@@ -273,10 +276,12 @@ def greedy_dss(
             reason, message = Reason.DEPTH_EXHAUSTED, f"{where} at the depth cap max_depth={config.max_depth}"
             break
         if path.n_beads >= config.max_beads:
-            reason, message = Reason.BEAD_BUDGET_EXHAUSTED, f"{where} but the path already has max_beads={config.max_beads}"
+            reason = Reason.BEAD_BUDGET_EXHAUSTED
+            message = f"{where} but the path already has max_beads={config.max_beads}"
             break
         if config.max_time_s is not None and elapsed() >= config.max_time_s:
-            reason, message = Reason.TIME_EXHAUSTED, f"{where} and the time budget max_time_s={config.max_time_s:g} is spent"
+            reason = Reason.TIME_EXHAUSTED
+            message = f"{where} and the time budget max_time_s={config.max_time_s:g} is spent"
             break
         t_star = choose_tstar(ts, values, config)
         start = interpolate(path.beads[i], path.beads[i + 1], t_star)

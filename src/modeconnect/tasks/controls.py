@@ -41,10 +41,12 @@ def convex_task(*, n_inputs: int = 4, n_outputs: int = 2, n_train: int = 256, n_
     x_test, y_test = sample(n_test)
     return Task(
         name="convex",
-        description=f"convex control: linear {n_inputs}->{n_outputs} regression, energy = test MSE (noise floor {noise**2:g})",
+        description=f"convex control: linear {n_inputs}->{n_outputs} regression, energy = test MSE "
+                    f"(noise floor {noise**2:g})",
         make_model=lambda seed: seeded(lambda: nn.Linear(n_inputs, n_outputs), seed),
         objective=Objective(x_train, y_train, "mse"),
-        energy=Energy(build_without_global_rng(lambda: nn.Linear(n_inputs, n_outputs)), x_test, y_test, "mse", strategy="vmap"),
+        energy=Energy(build_without_global_rng(lambda: nn.Linear(n_inputs, n_outputs)), x_test, y_test, "mse",
+                      strategy="vmap"),
         default_threshold=round(2.0 * noise**2, 12) if noise > 0 else 1e-3,
         endpoint_training=TrainConfig(optimizer="adam", lr=0.05, check_every=25, max_steps=10000),
         bead_training=TrainConfig(optimizer="adam", lr=0.05, check_every=25, max_steps=10000),
