@@ -82,10 +82,11 @@ class ConnectRunConfig:
         if not 0 < self.resolution < 1:
             raise ConfigError(f"resolution must be in (0, 1), got {self.resolution}")
         resolved = {"run": self.to_dict(), "task": task.describe(), "dss": dss.to_dict(),
-                    "endpoint_training": self._endpoint_training(task).to_dict()}
+                    "endpoint_training": self.endpoint_training(task).to_dict()}
         return task, dss, resolved
 
-    def _endpoint_training(self, task: Task) -> TrainConfig:
+    def endpoint_training(self, task: Task) -> TrainConfig:
+        """The task's endpoint training settings with this run's overrides."""
         if self.endpoint_max_steps is None:
             return task.endpoint_training
         return TrainConfig(**{**task.endpoint_training.to_dict(), "max_steps": self.endpoint_max_steps})
@@ -136,7 +137,7 @@ def run_connect(
 
     seeds = {"a": derive_seed(config.seed, "endpoint", "a"), "b": derive_seed(config.seed, "endpoint", "b")}
     endpoint_target = task.endpoint_fraction * dss.threshold
-    endpoint_config = config._endpoint_training(task)
+    endpoint_config = config.endpoint_training(task)
     endpoints: dict[str, Point] = {}
     endpoint_clock = time.perf_counter()
     for which in ("a", "b"):

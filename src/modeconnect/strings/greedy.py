@@ -290,7 +290,7 @@ def greedy_dss(
                                       config=config.bead_training, seed=bead_seed)
         state.beads_trained += 1
         state.bead_log.append({"segment": i, "depth": seg.depth + 1, "t_star": t_star, "barrier": seg.max_energy,
-                               "start_energy": float(values[torch.argmin((ts - t_star).abs())]),
+                               "start_energy": energy(start),
                                **{f"train_{k}": v for k, v in train.to_dict().items()}})
         if not train.reached:
             reason = Reason.BEAD_NOT_TRAINED
