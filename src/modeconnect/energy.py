@@ -33,7 +33,16 @@ from .errors import ConfigError, NonFiniteEnergyError
 from .metrics import Metric, as_metric, metric_sum
 from .params import check_compatible, check_supported_module, interpolate, interpolate_many, point_from_module
 
-__all__ = ["Energy", "Strategy"]
+__all__ = ["Energy", "Strategy", "data_like"]
+
+
+def data_like(inputs: Tensor, targets: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
+    """Move data to ``ref``'s device and give its floating tensors ``ref``'s dtype (class labels stay integer)."""
+    out = []
+    for t in (inputs, targets):
+        t = t.to(ref.device)
+        out.append(t.to(ref.dtype) if t.is_floating_point() else t)
+    return out[0], out[1]
 
 
 class Strategy(str, Enum):
@@ -168,21 +177,11 @@ class Energy:
         per_point = sum(v.numel() * v.element_size() for v in self.template.values())
         return max(1, min(256, int(self.memory_budget_mb * 2**20) // max(per_point, 1)))
 
-    def _data_like(self, ref: Tensor) -> tuple[Tensor, Tensor]:
-        x, y = self.inputs, self.targets
-        if x.device != ref.device:
-            x, y = x.to(ref.device), y.to(ref.device)
-        if x.is_floating_point() and x.dtype != ref.dtype:
-            x = x.to(ref.dtype)
-        if y.is_floating_point() and y.dtype != ref.dtype:
-            y = y.to(ref.dtype)
-        return x, y
-
     def _point_sum(self, params: Mapping[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         return metric_sum(self.metric, functional_call(self.model, dict(params), (x,)), y)
 
     def _sample_batches(self, ref: Tensor):
-        x, y = self._data_like(ref)
+        x, y = data_like(self.inputs, self.targets, ref)
         step = self.sample_batch_size or len(x)
         return [(x[s : s + step], y[s : s + step]) for s in range(0, len(x), step)], len(x)
 

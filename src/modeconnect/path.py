@@ -139,14 +139,22 @@ class Path:
         values = [s.max_energy for s in self.segments if s.evaluated]
         return max(values) if values else None
 
+    def evaluate_segment(self, index: int, energy, grid_size: int = 33) -> torch.Tensor:
+        """Record segment ``index``'s maximum on a uniform ``grid_size``-point grid; returns the profile.
+
+        NaN energies count as +inf (the worst possible barrier).
+        """
+        ts = torch.linspace(0.0, 1.0, grid_size, dtype=torch.float64)
+        values = energy.along_segment(self.beads[index], self.beads[index + 1], ts)
+        values = torch.nan_to_num(values, nan=float("inf"))
+        k = int(torch.argmax(values))
+        self.set_segment(index, max_energy=float(values[k]), argmax_t=float(ts[k]), grid_size=grid_size)
+        return values
+
     def evaluate_segments(self, energy, grid_size: int = 33) -> Path:
         """Fill every segment's record from a uniform grid of ``grid_size`` points (endpoints included)."""
-        ts = torch.linspace(0.0, 1.0, grid_size, dtype=torch.float64)
-        for i, (a, b) in enumerate(zip(self.beads[:-1], self.beads[1:])):
-            values = energy.along_segment(a, b, ts)
-            values = torch.nan_to_num(values, nan=float("inf"))
-            k = int(torch.argmax(values))
-            self.set_segment(i, max_energy=float(values[k]), argmax_t=float(ts[k]), grid_size=grid_size)
+        for i in range(len(self.segments)):
+            self.evaluate_segment(i, energy, grid_size)
         return self
 
     # -- storage -----------------------------------------------------------------------------

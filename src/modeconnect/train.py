@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
-from .energy import Energy
+from .energy import Energy, data_like
 from .errors import ConfigError
 from .metrics import Metric, as_metric, metric_sum
 from .params import Point
@@ -149,11 +149,7 @@ def train_to_target(
     params = {k: v.detach().clone().requires_grad_(True) for k, v in start.items()}
     optimizer = _make_optimizer(list(params.values()), config)
     ref = next(iter(params.values()))
-    x_all, y_all = objective.inputs.to(ref.device), objective.targets.to(ref.device)
-    if x_all.is_floating_point():
-        x_all = x_all.to(ref.dtype)
-    if y_all.is_floating_point():
-        y_all = y_all.to(ref.dtype)
+    x_all, y_all = data_like(objective.inputs, objective.targets, ref)
     n = len(x_all)
     batch = min(config.batch_size or n, n)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))

@@ -214,13 +214,6 @@ def _next_segment(path: Path, order: Order) -> int | None:
     return min(pending, key=lambda i: (path.segments[i].depth, i))
 
 
-def _evaluate(path: Path, i: int, energy: Energy, ts: torch.Tensor, grid_size: int) -> torch.Tensor:
-    values = torch.nan_to_num(energy.along_segment(path.beads[i], path.beads[i + 1], ts), nan=float("inf"))
-    k = int(torch.argmax(values))
-    path.set_segment(i, max_energy=float(values[k]), argmax_t=float(ts[k]), grid_size=grid_size)
-    return values
-
-
 def check_endpoints(path: Path, energy: Energy, threshold: float) -> list[float]:
     """Energies of both endpoints; raise if non-finite or above the threshold."""
     out = []
@@ -266,7 +259,7 @@ def greedy_dss(
 
     reason, message = Reason.CONNECTED, "every segment stays below tolerance * threshold"
     while (i := _next_segment(path, config.order)) is not None:
-        values = _evaluate(path, i, energy, ts, config.grid_size)
+        values = path.evaluate_segment(i, energy, config.grid_size)
         seg = path.segments[i]
         if seg.max_energy <= accept:
             say(f"segment {i} (depth {seg.depth}) ok: max {seg.max_energy:.4g} <= {accept:.4g}")
@@ -306,7 +299,7 @@ def greedy_dss(
 
     if reason is not Reason.CONNECTED:  # complete the picture: evaluate what is left unchecked
         while (j := _next_segment(path, Order.DEPTH_FIRST)) is not None:
-            _evaluate(path, j, energy, ts, config.grid_size)
+            path.evaluate_segment(j, energy, config.grid_size)
     worst = max(range(len(path.segments)), key=lambda j: path.segments[j].max_energy)
     status = DSSStatus(connected=reason is Reason.CONNECTED, reason=reason, message=message,
                        worst_barrier=path.segments[worst].max_energy, worst_segment=worst,
