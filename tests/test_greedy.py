@@ -160,6 +160,9 @@ def test_tstar_rules():
     spiky = torch.zeros(21, dtype=torch.float64)
     spiky[6] = float("inf")
     assert choose_tstar(ts, spiky, cfg) == pytest.approx(0.3)
+    # every interior point non-finite (e.g. the model overflows): still a t* inside the margin, no crash
+    blown = torch.full((21,), float("inf"), dtype=torch.float64)
+    assert choose_tstar(ts, blown, cfg) == pytest.approx(0.05)
 
 
 @pytest.mark.parametrize("bad", [

@@ -199,8 +199,8 @@ def choose_tstar(ts: torch.Tensor, values: torch.Tensor, config: DSSConfig) -> f
         return 0.5
     cand_t, cand_v = ts[inside], values[inside]
     finite = cand_v[torch.isfinite(cand_v)]
-    flat = float(finite.max() - finite.min()) <= config.flat_tolerance * config.threshold
-    if finite.numel() == cand_v.numel() and flat:
+    all_finite = finite.numel() == cand_v.numel()
+    if all_finite and float(finite.max() - finite.min()) <= config.flat_tolerance * config.threshold:
         return 0.5
     return round(float(cand_t[int(torch.argmax(cand_v))]), 12)
 
