@@ -139,8 +139,8 @@ class Path:
         values = [s.max_energy for s in self.segments if s.evaluated]
         return max(values) if values else None
 
-    def evaluate_segment(self, index: int, energy, grid_size: int = 33) -> torch.Tensor:
-        """Record segment ``index``'s maximum on a uniform ``grid_size``-point grid; returns the profile.
+    def evaluate_segment(self, index: int, energy, grid_size: int = 33) -> tuple[torch.Tensor, torch.Tensor]:
+        """Record segment ``index``'s maximum on a uniform ``grid_size``-point grid; returns ``(ts, energies)``.
 
         NaN energies count as +inf (the worst possible barrier).
         """
@@ -149,7 +149,7 @@ class Path:
         values = torch.nan_to_num(values, nan=float("inf"))
         k = int(torch.argmax(values))
         self.set_segment(index, max_energy=float(values[k]), argmax_t=float(ts[k]), grid_size=grid_size)
-        return values
+        return ts, values
 
     def evaluate_segments(self, energy, grid_size: int = 33) -> Path:
         """Fill every segment's record from a uniform grid of ``grid_size`` points (endpoints included)."""

@@ -251,7 +251,6 @@ def greedy_dss(
     check_endpoints(path, energy, config.threshold)
     accept = config.tolerance * config.threshold
     target = config.alpha * config.threshold
-    ts = torch.linspace(0.0, 1.0, config.grid_size, dtype=torch.float64)
     clock, elapsed0 = time.perf_counter(), state.elapsed_s
 
     def elapsed() -> float:
@@ -259,7 +258,7 @@ def greedy_dss(
 
     reason, message = Reason.CONNECTED, "every segment stays below tolerance * threshold"
     while (i := _next_segment(path, config.order)) is not None:
-        values = path.evaluate_segment(i, energy, config.grid_size)
+        ts, values = path.evaluate_segment(i, energy, config.grid_size)
         seg = path.segments[i]
         if seg.max_energy <= accept:
             say(f"segment {i} (depth {seg.depth}) ok: max {seg.max_energy:.4g} <= {accept:.4g}")
