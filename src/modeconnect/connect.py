@@ -26,10 +26,10 @@ from .energy import Energy
 from .errors import ConfigError
 from .params import Point, check_compatible, point_from_module
 from .path import Path
-from .strings.greedy import DSSConfig, DSSState, DSSStatus, check_endpoints, greedy_dss
+from .strings.greedy import DSSConfig, DSSState, DSSStatus, greedy_dss
 from .train import Objective
 
-__all__ = ["Connection", "connect", "summarize"]
+__all__ = ["Connection", "connect", "connect_path", "summarize"]
 
 
 @dataclass
@@ -40,20 +40,23 @@ class Connection:
     status: DSSStatus
     certificate: Certificate | None
     config: DSSConfig
-    endpoint_energies: list[float]
-    wall_time_s: float
+    certification_time_s: float = 0.0
 
     @property
     def connected(self) -> bool:
         return self.status.connected
 
+    @property
+    def wall_time_s(self) -> float:
+        """Time spent connecting (summed over resumed sessions) and certifying."""
+        return self.status.elapsed_s + self.certification_time_s
+
     def summary(self) -> dict[str, Any]:
-        return summarize(self.path, self.status, self.certificate, self.config, self.endpoint_energies,
-                         self.wall_time_s)
+        return summarize(self.path, self.status, self.certificate, self.config, self.wall_time_s)
 
 
 def summarize(path: Path, status: DSSStatus, certificate: Certificate | None, config: DSSConfig,
-              endpoint_energies: list[float], wall_time_s: float) -> dict[str, Any]:
+              wall_time_s: float) -> dict[str, Any]:
     """The flat result record written to ``result.json`` and printed by the CLI."""
     accept = config.tolerance * config.threshold
     out = {
@@ -72,7 +75,7 @@ def summarize(path: Path, status: DSSStatus, certificate: Certificate | None, co
         "max_interpolated_energy": path.max_interpolated_energy,
         "worst_segment": status.worst_segment,
         "grid_size": config.grid_size,
-        "endpoint_energies": list(endpoint_energies),
+        "endpoint_energies": list(status.endpoint_energies),
         "wall_time_s": wall_time_s,
         "certified": None,
         "certified_max_energy": None,
@@ -135,9 +138,33 @@ def connect(
     a, b = _as_point(model_a, "model_a"), _as_point(model_b, "model_b")
     check_compatible(a, b, "model_a", "model_b")
     energy.check_point(a, "model_a")
+    return connect_path(Path([a, b]), energy, objective, config, certify_path=certify_path, resolution=resolution,
+                        progress=progress)
+
+
+def connect_path(
+    path: Path,
+    energy: Energy,
+    objective: Objective,
+    config: DSSConfig,
+    *,
+    state: DSSState | None = None,
+    checkpoint: Callable[[Path, DSSState], None] | None = None,
+    certify_path: bool = True,
+    resolution: float = 1e-3,
+    progress: Callable[[str], None] | None = None,
+) -> Connection:
+    """Run greedy DSS on ``path`` (two endpoints, or a saved string with its ``state`` to resume), then certify.
+
+    ``checkpoint(path, state)`` runs after every new bead and at the end (see
+    :func:`~modeconnect.strings.greedy.greedy_dss`).
+    """
+    path, status = greedy_dss(path, energy, objective, config, state=state, checkpoint=checkpoint,
+                              progress=progress)
+    if not certify_path:
+        return Connection(path, status, None, config)
+    if progress is not None:
+        progress(f"certifying {len(path.segments)} segment(s) at resolution {resolution:g}")
     start = time.perf_counter()
-    path = Path([a, b])
-    endpoint_energies = check_endpoints(path, energy, config.threshold)
-    path, status = greedy_dss(path, energy, objective, config, state=DSSState(), progress=progress)
-    certificate = certify(path, energy, resolution=resolution) if certify_path else None
-    return Connection(path, status, certificate, config, endpoint_energies, time.perf_counter() - start)
+    certificate = certify(path, energy, resolution=resolution)
+    return Connection(path, status, certificate, config, time.perf_counter() - start)

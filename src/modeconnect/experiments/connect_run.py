@@ -13,13 +13,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..certify import certify
-from ..connect import summarize
+from ..connect import connect_path
 from ..errors import ConfigError, ModeconnectError
 from ..params import Point, point_from_module
 from ..path import Path
 from ..seeding import derive_seed
-from ..strings.greedy import DSSConfig, DSSState, check_endpoints, greedy_dss
+from ..strings.greedy import DSSConfig, DSSState
 from ..tasks import TASKS, Task, make_task
 from ..train import TrainConfig, train_to_target
 from .store import RunDirectory
@@ -160,7 +159,6 @@ def run_connect(
         say(f"resuming DSS with {path.n_beads} bead(s) already on the string")
     else:
         path, state = Path([endpoints["a"], endpoints["b"]]), DSSState()
-    endpoint_energies = check_endpoints(path, task.energy, dss.threshold)
 
     def checkpoint(p: Path, s: DSSState) -> None:
         p.metadata["dss_state"] = s.to_dict()
@@ -171,27 +169,23 @@ def run_connect(
 
     say(f"connecting with greedy DSS: L0={dss.threshold:g}, alpha={dss.alpha:g}, tolerance={dss.tolerance:g}, "
         f"t*={dss.tstar.value}, order={dss.order.value}")
-    path, status = greedy_dss(path, task.energy, task.objective, dss, state=state, checkpoint=checkpoint,
-                              progress=say)
-    say(f"certifying {len(path.segments)} segment(s) at resolution {config.resolution:g}")
-    cert_start = time.perf_counter()
-    certificate = certify(path, task.energy, resolution=config.resolution)
-    cert_time = time.perf_counter() - cert_start
+    connection = connect_path(path, task.energy, task.objective, dss, state=state, checkpoint=checkpoint,
+                              resolution=config.resolution, progress=say)
     # wall_time_s covers connecting (summed over resumed sessions) and certifying; endpoint training is
     # reported on its own (endpoint_time_s, this session only: 0 when the endpoints were loaded).
-    result = summarize(path, status, certificate, dss, endpoint_energies, status.elapsed_s + cert_time)
+    result = connection.summary()
     result.update({
         "task": task.name,
         "seed": config.seed,
         "endpoint_seeds": seeds if task.derive_endpoint_b is None else {"a": seeds["a"], "b": "derived"},
         "endpoint_target": endpoint_target,
         "energy": task.energy.describe(),
-        "certification_time_s": cert_time,
+        "certification_time_s": connection.certification_time_s,
         "endpoint_time_s": endpoint_time,
-        "dss_time_s": status.elapsed_s,
+        "dss_time_s": connection.status.elapsed_s,
         "bead_log": state.bead_log,
-        "segment_max_energy": [s.max_energy for s in path.segments],
-        "certified_segment_max_energy": certificate.segment_max,
+        "segment_max_energy": [s.max_energy for s in connection.path.segments],
+        "certified_segment_max_energy": connection.certificate.segment_max,
     })
     if store is not None:
         store.save_result(result)

@@ -168,6 +168,8 @@ class DSSStatus:
     worst_segment: int | None
     beads_trained: int
     elapsed_s: float
+    endpoint_energies: list[float]
+    """Energies of endpoint A and endpoint B (both checked to be finite and <= threshold)."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -248,7 +250,7 @@ def greedy_dss(
     state = state or DSSState()
     if state.finished and state.status is not None:
         return path, DSSStatus.from_dict(state.status)
-    check_endpoints(path, energy, config.threshold)
+    endpoint_energies = check_endpoints(path, energy, config.threshold)
     accept = config.tolerance * config.threshold
     target = config.alpha * config.threshold
     clock, elapsed0 = time.perf_counter(), state.elapsed_s
@@ -302,7 +304,8 @@ def greedy_dss(
     worst = max(range(len(path.segments)), key=lambda j: path.segments[j].max_energy)
     status = DSSStatus(connected=reason is Reason.CONNECTED, reason=reason, message=message,
                        worst_barrier=path.segments[worst].max_energy, worst_segment=worst,
-                       beads_trained=state.beads_trained, elapsed_s=elapsed())
+                       beads_trained=state.beads_trained, elapsed_s=elapsed(),
+                       endpoint_energies=endpoint_energies)
     state.elapsed_s, state.finished, state.status = status.elapsed_s, True, status.to_dict()
     if checkpoint is not None:
         checkpoint(path, state)
