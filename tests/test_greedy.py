@@ -184,3 +184,29 @@ def test_config_round_trips_through_dict():
                     bead_training=TrainConfig(lr=0.003, max_steps=10))
     again = DSSConfig.from_dict(cfg.to_dict())
     assert again == cfg and again.tstar is TStar.MIDPOINT and again.bead_training.max_steps == 10
+
+
+def test_bead_births_record_the_string_after_every_bead(quadratic):
+    task, (a, b) = quadratic
+    state = DSSState()
+    path, status = greedy_dss(Path([a, b]), task.energy, task.objective,
+                              DSSConfig(threshold=0.02, bead_training=task.bead_training), state=state)
+    births = state.bead_births
+    assert len(births) == len(path.beads) and births[0] == births[-1] == 0
+    assert sorted(births[1:-1]) == list(range(1, path.n_beads + 1))  # every bead of this run was trained here
+    # replaying the log: bead k went into segment `segment` of the string as it was after bead k-1
+    for k, entry in enumerate(state.bead_log, start=1):
+        if not entry["train_reached"]:  # a bead that failed to train is logged but never inserted
+            continue
+        before = [i for i, birth in enumerate(births) if birth < k]
+        after = [i for i, birth in enumerate(births) if birth <= k]
+        inserted = [i for i in after if i not in before]
+        assert len(inserted) == 1 and after.index(inserted[0]) == entry["segment"] + 1
+
+
+def test_resuming_with_a_state_that_does_not_match_the_path_is_refused(quadratic):
+    task, (a, b) = quadratic
+    mid = {k: (a[k] + b[k]) / 2 for k in a}
+    with pytest.raises(ValueError, match="bead births"):
+        greedy_dss(Path([a, mid, b]), task.energy, task.objective, DSSConfig(threshold=0.02),
+                   state=DSSState(bead_births=[0, 0]))

@@ -184,6 +184,7 @@ def run_connect(
         "endpoint_time_s": endpoint_time,
         "dss_time_s": connection.status.elapsed_s,
         "bead_log": state.bead_log,
+        "bead_births": state.bead_births,
         "segment_max_energy": [s.max_energy for s in connection.path.segments],
         "certified_segment_max_energy": connection.certificate.segment_max,
     })

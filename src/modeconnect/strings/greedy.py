@@ -151,6 +151,9 @@ class DSSState:
     bead_log: list[dict[str, Any]] = field(default_factory=list)
     finished: bool = False
     status: dict[str, Any] | None = None
+    bead_births: list[int] | None = None
+    """Aligned with ``path.beads``: 0 for the endpoints, k for the k-th trained bead. Beads are only ever
+    inserted, so the string after stage s is the beads with birth <= s, in path order (the DSS snapshots)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -248,6 +251,11 @@ def greedy_dss(
     """
     say = progress or (lambda message: None)
     state = state or DSSState()
+    if state.bead_births is None:  # a fresh start: every bead already on the path belongs to stage 0
+        state.bead_births = [0] * len(path.beads)
+    if len(state.bead_births) != len(path.beads):
+        raise ValueError(f"the DSS state records {len(state.bead_births)} bead births for a path of "
+                         f"{len(path.beads)} beads: resume with the state saved together with this path")
     if state.finished and state.status is not None:
         return path, DSSStatus.from_dict(state.status)
     endpoint_energies = check_endpoints(path, energy, config.threshold)
@@ -292,6 +300,7 @@ def greedy_dss(
                        f"{train.steps} steps ({train.reason}), target alpha*L0={target:.4g}")
             break
         path.insert_bead(i, bead)
+        state.bead_births.insert(i + 1, state.beads_trained)
         say(f"{where} -> bead {state.beads_trained} at t*={t_star:.3g} trained to {train.final_energy:.4g} "
             f"in {train.steps} steps ({path.n_beads} beads)")
         state.elapsed_s = elapsed()
