@@ -9,12 +9,13 @@ import torch
 
 from modeconnect.errors import StoreError
 from modeconnect.experiments import ConnectRunConfig, run_connect
+from modeconnect.experiments.connect_run import TIMING_FIELDS
 from modeconnect.path import Path
 from modeconnect.tasks import make_task
 
 # quadratic at L0 = 0.02 with this seed needs several beads (checked in test_resumed_run_equals_uninterrupted)
 CONFIG = ConnectRunConfig(task="quadratic", threshold=0.02, seed=2)
-TIMING_KEYS = {"wall_time_s", "certification_time_s", "dss_time_s", "endpoint_time_s"}
+TIMING_KEYS = TIMING_FIELDS
 
 
 def comparable(result: dict) -> dict:

@@ -23,7 +23,11 @@ from ..tasks import TASKS, Task, make_task
 from ..train import TrainConfig, train_to_target
 from .store import RunDirectory
 
-__all__ = ["ConnectRunConfig", "EndpointTrainingError", "run_connect"]
+__all__ = ["ConnectRunConfig", "EndpointTrainingError", "run_connect", "TIMING_FIELDS"]
+
+TIMING_FIELDS = frozenset({"wall_time_s", "certification_time_s", "dss_time_s", "endpoint_time_s",
+                           "bead_training_time_s", "segment_evaluation_time_s"})
+"""Result fields that measure time: everything else in a result is a pure function of the config."""
 
 
 def _opt(help: str, **kw: Any) -> Any:
@@ -183,6 +187,8 @@ def run_connect(
         "certification_time_s": connection.certification_time_s,
         "endpoint_time_s": endpoint_time,
         "dss_time_s": connection.status.elapsed_s,
+        "bead_training_time_s": state.bead_training_s,
+        "segment_evaluation_time_s": state.segment_evaluation_s,
         "bead_log": state.bead_log,
         "bead_births": state.bead_births,
         "segment_max_energy": [s.max_energy for s in connection.path.segments],

@@ -152,6 +152,10 @@ class DSSState:
     finished: bool = False
     status: dict[str, Any] | None = None
     bead_births: list[int] | None = None
+    bead_training_s: float = 0.0
+    """Wall time spent training beads (their periodic energy checks included), summed over sessions."""
+    segment_evaluation_s: float = 0.0
+    """Wall time spent evaluating segment grids, summed over sessions."""
     """Aligned with ``path.beads``: 0 for the endpoints, k for the k-th trained bead. Beads are only ever
     inserted, so the string after stage s is the beads with birth <= s, in path order (the DSS snapshots)."""
 
@@ -268,7 +272,9 @@ def greedy_dss(
 
     reason, message = Reason.CONNECTED, "every segment stays below tolerance * threshold"
     while (i := _next_segment(path, config.order)) is not None:
+        tick = time.perf_counter()
         ts, values = path.evaluate_segment(i, energy, config.grid_size)
+        state.segment_evaluation_s += time.perf_counter() - tick
         seg = path.segments[i]
         if seg.max_energy <= accept:
             say(f"segment {i} (depth {seg.depth}) ok: max {seg.max_energy:.4g} <= {accept:.4g}")
@@ -288,8 +294,10 @@ def greedy_dss(
         t_star = choose_tstar(ts, values, config)
         start = interpolate(path.beads[i], path.beads[i + 1], t_star)
         bead_seed = derive_seed(config.seed, "bead", state.beads_trained)
+        tick = time.perf_counter()
         bead, train = train_to_target(start, energy=energy, objective=objective, target=target,
                                       config=config.bead_training, seed=bead_seed)
+        state.bead_training_s += time.perf_counter() - tick
         state.beads_trained += 1
         state.bead_log.append({"segment": i, "depth": seg.depth + 1, "t_star": t_star, "barrier": seg.max_energy,
                                "start_energy": energy(start),
@@ -308,8 +316,10 @@ def greedy_dss(
             checkpoint(path, state)
 
     if reason is not Reason.CONNECTED:  # complete the picture: evaluate what is left unchecked
+        tick = time.perf_counter()
         while (j := _next_segment(path, Order.DEPTH_FIRST)) is not None:
             path.evaluate_segment(j, energy, config.grid_size)
+        state.segment_evaluation_s += time.perf_counter() - tick
     worst = max(range(len(path.segments)), key=lambda j: path.segments[j].max_energy)
     status = DSSStatus(connected=reason is Reason.CONNECTED, reason=reason, message=message,
                        worst_barrier=path.segments[worst].max_energy, worst_segment=worst,
