@@ -34,3 +34,7 @@ class NonFiniteEnergyError(ModeconnectError, FloatingPointError):
 
 class StoreError(ModeconnectError, OSError):
     """A saved file is missing, corrupt, or does not match what was expected."""
+
+
+class DatasetError(ModeconnectError):
+    """A dataset file is missing, corrupt or unreadable."""
