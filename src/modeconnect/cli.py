@@ -1,7 +1,7 @@
-"""Command line: ``modeconnect connect ...`` and ``modeconnect show DIR``.
+"""Command line: ``modeconnect connect``, ``sweep``, ``plot DIR`` and ``show DIR``.
 
-Thin by design: arguments -> :class:`ConnectRunConfig` -> :func:`run_connect`.
-Flags are derived from the config dataclass, so defaults and help live in one place.
+Thin by design: arguments -> config dataclasses -> experiment functions.
+Flags are derived from :class:`ConnectRunConfig`, so defaults and help live in one place.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from typing import Any
 
 from .errors import ModeconnectError
 from .experiments.connect_run import ConnectRunConfig, run_connect
-from .experiments.store import RunDirectory
+from .experiments.executors import ExecutorKind, make_executor
+from .experiments.store import RunDirectory, SweepDirectory
+from .experiments.sweep import SweepConfig, parse_levels, run_sweep
 from .strings.greedy import Order, TStar
 from .tasks import TASKS
 
@@ -25,15 +27,24 @@ _CHOICES = {"task": list(TASKS), "tstar": [m.value for m in TStar], "order": [m.
             "activation": ["sigmoid", "relu", "tanh"]}
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = (),
+                      helps: dict[str, str] | None = None) -> None:
     for f in dataclasses.fields(ConnectRunConfig):
+        if f.name in skip:
+            continue
         base = str(f.type).replace(" | None", "")
         default = f.default
         parser.add_argument(
             "--" + f.name.replace("_", "-"), dest=f.name, type=_TYPES[base], default=default,
             choices=_CHOICES.get(f.name), metavar=None if f.name in _CHOICES else base.upper(),
-            help=f.metadata.get("help", "") + ("" if default is None else f" (default: {default})"),
+            help=(helps or {}).get(f.name, f.metadata.get("help", ""))
+            + ("" if default is None else f" (default: {default})"),
         )
+
+
+def _config_from(args: argparse.Namespace, **fixed: Any) -> ConnectRunConfig:
+    values = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(ConnectRunConfig)}
+    return ConnectRunConfig(**{**values, **fixed})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +58,35 @@ def build_parser() -> argparse.ArgumentParser:
                          "re-running the same command on it resumes")
     connect.add_argument("--quiet", action="store_true", help="no progress lines")
     connect.add_argument("--json", action="store_true", help="print the result as JSON instead of a summary")
-    show = sub.add_parser("show", help="print the result of a finished run directory")
+    sweep = sub.add_parser(
+        "sweep", help="normalized length and bead count over energy levels, N pairs per level",
+        description="For each level, connect N independent pairs of endpoints (seeds derived from --seed) with "
+                    "greedy DSS and certify; write a table (one row per pair, one aggregate row per level) and the "
+                    "two-panel figure. Re-running the same command continues an interrupted sweep.")
+    sweep.add_argument("--levels", required=True, metavar="L1,L2,...", type=parse_levels,
+                       help="energy levels L0, comma-separated (e.g. 0.1,0.05,0.02)")
+    sweep.add_argument("--pairs", type=int, default=4, metavar="N", help="pairs per level (default: 4)")
+    _add_config_flags(sweep, skip=("threshold",), helps={"seed": "base seed; pair j's seed is derived from it"})
+    sweep.add_argument("--workers", type=int, default=1, metavar="K",
+                       help="pairs run at once: 1 runs in this process, K > 1 a local process pool (default: 1)")
+    sweep.add_argument("--executor", choices=[k.value for k in ExecutorKind], default="local",
+                       help="local (this machine) or ray (default: local)")
+    sweep.add_argument("--address", metavar="ADDR", help="address of a running Ray cluster (with --executor ray)")
+    sweep.add_argument("--threads", type=int, metavar="T",
+                       help="torch threads per worker (default: this machine's CPUs / workers)")
+    sweep.add_argument("--out", metavar="DIR", required=True, help="sweep directory")
+    sweep.add_argument("--no-figures", action="store_true", help="write the table only")
+    sweep.add_argument("--quiet", action="store_true", help="no progress lines")
+    plot = sub.add_parser("plot", help="draw the figures of a sweep or run directory",
+                          description="A sweep directory gets the two-panel figure (normalized length and beads vs "
+                                      "level). A run directory gets the energy profile along its path and the "
+                                      "string picture (3D + 2D projections, snapshots, GIF, interactive HTML).")
+    plot.add_argument("dir", metavar="DIR")
+    plot.add_argument("--format", default="png", choices=["png", "pdf", "svg"], help="image format (default: png)")
+    plot.add_argument("--no-html", action="store_true", help="skip the interactive HTML view (needs plotly)")
+    plot.add_argument("--no-gif", action="store_true", help="skip the GIF animation")
+    plot.add_argument("--quiet", action="store_true", help="no progress lines")
+    show = sub.add_parser("show", help="print the result of a finished run or sweep directory")
     show.add_argument("dir", metavar="DIR")
     show.add_argument("--json", action="store_true", help="print the whole result as JSON")
     return parser
@@ -101,8 +140,7 @@ class _Progress:
 
 
 def _connect(args: argparse.Namespace) -> int:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ConnectRunConfig)}
-    config = ConnectRunConfig(**values)
+    config = _config_from(args)
     try:
         result = run_connect(config, args.out, progress=_Progress(args.quiet))
     except KeyboardInterrupt:
@@ -117,16 +155,77 @@ def _connect(args: argparse.Namespace) -> int:
     return 0
 
 
+def format_table(table: dict[str, Any]) -> str:
+    """The aggregate rows of a sweep table as aligned text."""
+    metric = table.get("energy", {}).get("metric", "energy")
+    lines = [f"sweep of {table['task']}: {table['pairs']} pair(s) per level, energy = {metric}",
+             f"{'L0':>10} {'connected':>10} {'norm. length':>20} {'beads':>16} {'depth':>6} {'time/pair':>10}"]
+
+    def pm(mean: float | None, err: float | None, spec: str) -> str:
+        if mean is None:
+            return "n/a"
+        return format(mean, spec) + ("" if err is None else " ± " + format(err, spec))
+
+    for agg in table["aggregates"]:
+        tried = agg["n_pairs"] - agg["n_endpoint_failed"]
+        lines.append(f"{agg['level']:>10g} {agg['n_connected']:>4d} of {tried:<3d} "
+                     f"{pm(agg['normalized_length_mean'], agg['normalized_length_stderr'], '.4f'):>20} "
+                     f"{pm(agg['n_beads_mean'], agg['n_beads_stderr'], '.2f'):>16} "
+                     f"{_fmt(agg['depth_mean'], '.1f'):>6} {_fmt(agg['wall_time_s_mean'], '.1f'):>9}s"
+                     + (f"  ({agg['n_endpoint_failed']} pair(s) whose endpoints did not train)"
+                        if agg["n_endpoint_failed"] else ""))
+    return "\n".join(lines)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    config = SweepConfig(base=_config_from(args, threshold=None), levels=args.levels, pairs=args.pairs,
+                         seed=args.seed)
+    progress = _Progress(args.quiet)
+    try:
+        with make_executor(args.executor, args.workers, address=args.address, threads=args.threads) as executor:
+            table = run_sweep(config, args.out, executor=executor, progress=progress)
+    except KeyboardInterrupt:
+        print(f"\nmodeconnect: interrupted: finished pairs and every pair's last bead are saved in {args.out}; "
+              "re-run the same command to continue", file=sys.stderr)
+        return 130
+    print(format_table(table))
+    print(f"table              {args.out}/table.csv, {args.out}/table.json")
+    if not args.no_figures:
+        for file in _draw(args.out, "png", html=False, gif=False, say=progress):
+            print(f"figure             {file}")
+    return 0
+
+
+def _draw(directory: str, fmt: str, *, html: bool, gif: bool, say) -> list[str]:
+    from .figures import draw_directory  # matplotlib is optional: imported only when drawing
+
+    return draw_directory(directory, fmt=fmt, html=html, gif=gif, progress=say)
+
+
+def _plot(args: argparse.Namespace) -> int:
+    for file in _draw(args.dir, args.format, html=not args.no_html, gif=not args.no_gif,
+                      say=_Progress(args.quiet)):
+        print(file)
+    return 0
+
+
 def _show(args: argparse.Namespace) -> int:
+    if SweepDirectory.is_sweep(args.dir):
+        table = SweepDirectory.read_table(args.dir)
+        print(json.dumps(table, indent=2, sort_keys=True) if args.json else format_table(table))
+        return 0
     result = RunDirectory.read_result(args.dir)
     print(json.dumps(result, indent=2, sort_keys=True) if args.json else format_summary(result, args.dir))
     return 0
 
 
+_COMMANDS = {"connect": _connect, "sweep": _sweep, "plot": _plot, "show": _show}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _connect(args) if args.command == "connect" else _show(args)
+        return _COMMANDS[args.command](args)
     except ModeconnectError as exc:
         print(f"modeconnect: error: {exc}", file=sys.stderr)
         return 2

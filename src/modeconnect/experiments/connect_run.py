@@ -128,15 +128,30 @@ def run_connect(
     """
     say = progress or (lambda message: None)
     task, dss, resolved = config.build()
-    store = RunDirectory(out) if out is not None else None
-    if store is not None:
+    if out is None:
+        return _run(config, task, dss, None, say, after_checkpoint)
+    store = RunDirectory(out)
+    with store.lock():
         resumed = store.open(resolved, config.seed)
         done = store.result()
         if done is not None:
             say(f"{out} already holds the finished run; showing its result")
             return done
+        failed = store.failure()
+        if failed is not None:
+            raise EndpointTrainingError(f"{failed['message']} (recorded in {out})")
         if resumed:
             say(f"resuming the run in {out}")
+        try:
+            return _run(config, task, dss, store, say, after_checkpoint)
+        except EndpointTrainingError as exc:
+            store.save_failure({"status": "endpoint_failed", "message": str(exc), "task": task.name,
+                                "seed": config.seed, "threshold": dss.threshold})
+            raise
+
+
+def _run(config: ConnectRunConfig, task: Task, dss: DSSConfig, store: RunDirectory | None,
+         say: Callable[[str], None], after_checkpoint: Callable[[Path, DSSState], None] | None) -> dict[str, Any]:
 
     seeds = {"a": derive_seed(config.seed, "endpoint", "a"), "b": derive_seed(config.seed, "endpoint", "b")}
     endpoint_target = task.endpoint_fraction * dss.threshold
