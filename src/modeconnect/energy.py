@@ -7,6 +7,12 @@ with a leading point dimension) and returns one float64 energy per point;
 :meth:`Energy.along_segment` evaluates a grid on the straight segment between
 two points without materialising more than ``chunk_size`` points at a time.
 
+The value of a batch of points is ``metric.finalize(sum / count)``: the metric is summed over the
+evaluation data in sample batches, divided by its unit count (samples, or labels/tokens for
+classification and language models) and then transformed (``exp`` for perplexity). Models with
+BatchNorm running statistics need a :class:`~modeconnect.batchnorm.BatchNormPolicy` (``batchnorm=``),
+recorded by :meth:`Energy.describe`.
+
 >>> import torch
 >>> net = torch.nn.Linear(1, 1)
 >>> x = torch.linspace(0, 1, 8).unsqueeze(1)
@@ -29,8 +35,18 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from .batchnorm import (
+    BatchNormPolicy,
+    as_policy,
+    batch_statistics_mode,
+    batchnorm_layers,
+    fresh_statistics,
+    recompute_statistics,
+    split_point,
+    statistic_names,
+)
 from .errors import ConfigError, NonFiniteEnergyError
-from .metrics import Metric, as_metric, metric_sum
+from .metrics import Metric, as_metric, metric_count, metric_sum
 from .params import check_compatible, check_supported_module, interpolate, interpolate_many, point_from_module
 
 __all__ = ["Energy", "Strategy", "data_like"]
@@ -76,6 +92,15 @@ class Energy:
         memory_budget_mb: parameter memory one batched call may materialise (when ``chunk_size`` is None).
         sample_batch_size: most samples per forward pass (``None``: all at once).
         split: a label for where the data came from, recorded in results.
+        selection: how the evaluation samples were chosen from ``split`` (e.g. ``"first 1000 of 10000"``),
+            recorded in results.
+        batchnorm: a :class:`~modeconnect.batchnorm.BatchNormPolicy` name; required when the model has
+            BatchNorm layers with running statistics, ignored otherwise.
+        bn_batches: RECOMPUTE only: the training-input batches (a sequence of tensors) the statistics are
+            recomputed from at every point.
+        bn_statistics: FREEZE only: the fixed statistics, keyed by buffer name (``"1.running_mean"``);
+            default: the model's own buffers.
+        bn_source: FREEZE only: a label for where ``bn_statistics`` came from (recorded).
     """
 
     def __init__(
@@ -90,8 +115,13 @@ class Energy:
         memory_budget_mb: float = 256.0,
         sample_batch_size: int | None = None,
         split: str = "test",
+        selection: str | None = None,
+        batchnorm: str | BatchNormPolicy | None = None,
+        bn_batches: Sequence[Tensor] | None = None,
+        bn_statistics: Mapping[str, Tensor] | None = None,
+        bn_source: str | None = None,
     ) -> None:
-        check_supported_module(model)
+        check_supported_module(model, batchnorm)
         self.metric = as_metric(metric)
         self.strategy = _as_strategy(strategy)
         if chunk_size is not None and chunk_size < 1:
@@ -107,14 +137,47 @@ class Energy:
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        self.has_batchnorm = bool(batchnorm_layers(self.model))
+        self.batchnorm = as_policy(batchnorm) if self.has_batchnorm else None
+        self._setup_batchnorm(bn_batches, bn_statistics, bn_source)
         self.inputs, self.targets = inputs, targets
+        self.selection = selection
         self.chunk_size = chunk_size
         self.memory_budget_mb = memory_budget_mb
         self.sample_batch_size = sample_batch_size
         self.split = split
         self.chosen_strategy: Strategy | None = None if self.strategy is Strategy.AUTO else self.strategy
-        self.template = point_from_module(self.model)
+        self.template = point_from_module(self.model, self.batchnorm)
         self.n_evaluations = 0
+
+    def _setup_batchnorm(self, bn_batches, bn_statistics, bn_source) -> None:
+        policy = self.batchnorm
+        given = {"bn_batches": bn_batches, "bn_statistics": bn_statistics, "bn_source": bn_source}
+        allowed = {BatchNormPolicy.RECOMPUTE: {"bn_batches"},
+                   BatchNormPolicy.FREEZE: {"bn_statistics", "bn_source"}}.get(policy, set())
+        wrong = [k for k, v in given.items() if v is not None and k not in allowed]
+        if wrong:
+            raise ConfigError(f"{', '.join(wrong)} only apply(ies) to a model with BatchNorm statistics under the "
+                              f"{'recompute' if 'bn_batches' in wrong else 'freeze'} policy (this energy: "
+                              f"{'no BatchNorm layers' if not self.has_batchnorm else policy.value})")
+        self.bn_batches: list[Tensor] = []
+        self.bn_statistics: dict[str, Tensor] = {}
+        self.bn_source = None
+        if policy is BatchNormPolicy.RECOMPUTE:
+            if not bn_batches:
+                raise ConfigError("batchnorm='recompute' needs bn_batches: a few batches of training inputs to "
+                                  "recompute the statistics from at every point")
+            self.bn_batches = list(bn_batches)
+        elif policy is BatchNormPolicy.FREEZE:
+            names = statistic_names(self.model)
+            own = dict(self.model.named_buffers())
+            source = bn_statistics if bn_statistics is not None else own
+            missing = [n for n in names if n not in source]
+            if missing:
+                raise ConfigError(f"bn_statistics lacks {', '.join(missing)}: give every running_mean and "
+                                  "running_var of the model")
+            self.bn_statistics = {n: source[n].detach().clone() for n in names}
+            self.bn_source = bn_source or ("given" if bn_statistics is not None else "template model")
 
     # -- description -------------------------------------------------------------------------
     @property
@@ -126,7 +189,11 @@ class Energy:
         return {
             "metric": self.metric.value,
             "split": self.split,
+            "selection": self.selection,
             "n_samples": self.n_samples,
+            "unit": self.metric.unit,
+            "n_units": metric_count(self.metric, self.targets),
+            "batchnorm": self.describe_batchnorm(),
             "strategy": self.strategy.value,
             "chosen_strategy": None if self.chosen_strategy is None else self.chosen_strategy.value,
             "chunk_size": self.chunk_size,
@@ -134,6 +201,54 @@ class Energy:
             "memory_budget_mb": self.memory_budget_mb,
             "sample_batch_size": self.sample_batch_size,
         }
+
+    def describe_batchnorm(self) -> dict[str, Any] | None:
+        """The BatchNorm policy and its settings (``None`` for a model without running statistics)."""
+        if not self.has_batchnorm:
+            return None
+        out: dict[str, Any] = {"policy": self.batchnorm.value, "layers": [n for n, _ in batchnorm_layers(self.model)]}
+        if self.batchnorm is BatchNormPolicy.RECOMPUTE:
+            out.update(n_batches=len(self.bn_batches), batch_sizes=sorted({len(b) for b in self.bn_batches}),
+                       averaging="cumulative (momentum=None), train-mode forward")
+        elif self.batchnorm is BatchNormPolicy.FREEZE:
+            out["source"] = self.bn_source
+        else:
+            out["geometry"] = "path lengths and distances use parameters only (buffer: keys excluded)"
+        return out
+
+    def point_of(self, module: nn.Module) -> dict[str, Tensor]:
+        """A module's point as this energy expects it (with its statistics under the INTERPOLATE policy)."""
+        point = point_from_module(module, self.batchnorm)
+        self.check_point(point, f"the point of {type(module).__name__}")
+        return point
+
+    def statistics_at(self, point: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The BatchNorm statistics used at ``point`` under this energy's policy, keyed by buffer name."""
+        if not self.has_batchnorm:
+            return {}
+        params, stats = split_point(point)
+        if self.batchnorm is BatchNormPolicy.RECOMPUTE:
+            ref = next(iter(params.values()))
+            batches = [data_like(x, x, ref)[0] for x in self.bn_batches]
+            return recompute_statistics(self.model, params, batches)
+        if self.batchnorm is BatchNormPolicy.FREEZE:
+            ref = next(iter(params.values()))
+            return {k: v.to(ref.device, ref.dtype) for k, v in self.bn_statistics.items()}
+        return stats
+
+    def train_forward(self, point: Mapping[str, Tensor], inputs: Tensor) -> Tensor:
+        """Model outputs for training: BatchNorm layers (if any) normalise with batch statistics.
+
+        Under INTERPOLATE the point's own statistics (``buffer:`` keys) are updated in place with the layers'
+        running average, as ordinary training would; otherwise scratch buffers are used and discarded. For
+        a model without BatchNorm statistics this is ``functional_call(model, point, (inputs,))``.
+        """
+        if not self.has_batchnorm:
+            return functional_call(self.model, dict(point), (inputs,))
+        params, stats = split_point(point)
+        scratch = fresh_statistics(self.model, next(iter(params.values())))
+        with batch_statistics_mode(self.model):
+            return functional_call(self.model, {**params, **scratch, **stats}, (inputs,))
 
     # -- evaluation --------------------------------------------------------------------------
     def __call__(self, point: Mapping[str, Tensor]) -> float:
@@ -183,18 +298,40 @@ class Energy:
     def _sample_batches(self, ref: Tensor):
         x, y = data_like(self.inputs, self.targets, ref)
         step = self.sample_batch_size or len(x)
-        return [(x[s : s + step], y[s : s + step]) for s in range(0, len(x), step)], len(x)
+        return [(x[s : s + step], y[s : s + step]) for s in range(0, len(x), step)], metric_count(self.metric, y)
+
+    def _call_params(self, point: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Parameters plus BatchNorm statistics (by buffer name) for ``functional_call`` at one point."""
+        if not self.has_batchnorm:
+            return dict(point)
+        params, _ = split_point(point)
+        return {**params, **self.statistics_at(point)}
+
+    def _call_params_batched(self, chunk: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """:meth:`_call_params` for a chunk of points (leading point dimension), for ``vmap``."""
+        if not self.has_batchnorm or self.batchnorm is BatchNormPolicy.INTERPOLATE:
+            return self._call_params(chunk)
+        params, _ = split_point(chunk)
+        n = next(iter(params.values())).shape[0]
+        if self.batchnorm is BatchNormPolicy.FREEZE:
+            stats = {k: v.unsqueeze(0).expand(n, *v.shape) for k, v in self.statistics_at(chunk).items()}
+        else:
+            per_point = [self.statistics_at({k: v[i] for k, v in params.items()}) for i in range(n)]
+            stats = {k: torch.stack([s[k] for s in per_point]) for k in per_point[0]}
+        return {**params, **stats}
 
     def _one(self, point: Mapping[str, Tensor]) -> Tensor:
         batches, n = self._sample_batches(next(iter(point.values())))
-        total = sum(self._point_sum(point, x, y).double() for x, y in batches)
-        return total / n
+        params = self._call_params(point)
+        total = sum(self._point_sum(params, x, y).double() for x, y in batches)
+        return self.metric.finalize(total / n)
 
     def _chunk(self, chunk: Mapping[str, Tensor]) -> Tensor:
         batches, n = self._sample_batches(next(iter(chunk.values())))
+        params = self._call_params_batched(chunk)
         batched = vmap(self._point_sum, in_dims=(0, None, None))
-        total = sum(batched(dict(chunk), x, y).double() for x, y in batches)
-        return total / n
+        total = sum(batched(params, x, y).double() for x, y in batches)
+        return self.metric.finalize(total / n)
 
     def _evaluate(self, n_points: int, get_chunk, get_one) -> Tensor:
         with torch.no_grad():

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from .batchnorm import BatchNormPolicy, as_policy, batchnorm_layers, is_buffer_key, split_point, statistics_point
 from .errors import ArchitectureMismatch, ConfigError, UnsupportedModelError
 
 Point = dict[str, Tensor]
@@ -43,37 +44,61 @@ __all__ = [
 ]
 
 
-def check_supported_module(module: nn.Module) -> None:
-    """Refuse modules whose buffers depend on the parameters (BatchNorm running statistics).
+def check_supported_module(module: nn.Module, batchnorm: str | BatchNormPolicy | None = None) -> None:
+    """Refuse a module with BatchNorm running statistics unless a :class:`~modeconnect.batchnorm.BatchNormPolicy`
+    says what those statistics are along a path (they depend on the parameters, so interpolating the
+    parameters alone leaves them meaningless)."""
+    if as_policy(batchnorm) is not None:
+        return
+    layers = batchnorm_layers(module)
+    if layers:
+        name, sub = layers[0]
+        raise UnsupportedModelError(
+            f"layer {name or '<root>'!r} ({type(sub).__name__}) keeps running statistics that depend on "
+            "the parameters; choose a BatchNorm policy for them: batchnorm='recompute' (recompute them from "
+            "training batches at every point), 'interpolate' (carry them in the point) or 'freeze' (fixed "
+            "statistics), e.g. Energy(..., batchnorm='recompute') and point_from_module(model, batchnorm=...); "
+            "or build the model with track_running_stats=False, or replace the layer (e.g. by GroupNorm/LayerNorm)"
+        )
 
-    Interpolating the parameters of such a model leaves its running statistics
-    meaningless; a policy for them (recompute, interpolate or freeze) is not
-    implemented yet, so the model is refused with the layer's name.
+
+def point_from_module(module: nn.Module, batchnorm: str | BatchNormPolicy | None = None) -> Point:
+    """Copy a module's parameters into a new point (detached clones; the module is untouched).
+
+    For a model with BatchNorm running statistics a ``batchnorm`` policy is required: with
+    ``"interpolate"`` the statistics are added under ``buffer:<name>`` keys; with ``"recompute"`` or
+    ``"freeze"`` the point holds parameters only. Models without such layers ignore ``batchnorm``.
+
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    >>> list(point_from_module(net, batchnorm="interpolate"))
+    ['0.weight', '0.bias', '1.weight', '1.bias', 'buffer:1.running_mean', 'buffer:1.running_var']
     """
-    for name, sub in module.named_modules():
-        if isinstance(sub, nn.modules.batchnorm._NormBase) and sub.track_running_stats:
-            raise UnsupportedModelError(
-                f"layer {name or '<root>'!r} ({type(sub).__name__}) keeps running statistics that depend on "
-                "the parameters, and modeconnect has no policy for them yet; build the model with "
-                "track_running_stats=False, or replace the layer (e.g. by GroupNorm/LayerNorm)"
-            )
-
-
-def point_from_module(module: nn.Module) -> Point:
-    """Copy a module's parameters into a new point (detached clones; the module is untouched)."""
-    check_supported_module(module)
+    check_supported_module(module, batchnorm)
     point = {name: p.detach().clone() for name, p in module.named_parameters()}
     if not point:
         raise ArchitectureMismatch(f"{type(module).__name__} has no parameters: there is nothing to connect")
+    if as_policy(batchnorm) is BatchNormPolicy.INTERPOLATE:
+        point.update(statistics_point(module))
     return point
 
 
 def load_point_into(module: nn.Module, point: Mapping[str, Tensor]) -> nn.Module:
-    """Write a point into ``module``'s parameters in place (for exporting a bead as a model)."""
-    check_compatible(point_from_module(module), point, "module", "point")
+    """Write a point into ``module`` in place (for exporting a bead as a model).
+
+    BatchNorm statistics the point carries (``buffer:`` keys) are written into the module's buffers. A
+    parameters-only point of a BatchNorm model leaves the module's statistics as they are: set them with
+    ``Energy.statistics_at(point)`` first when the energy recomputes them.
+    """
+    params, stats = split_point(point)
+    policy = BatchNormPolicy.INTERPOLATE if stats else BatchNormPolicy.RECOMPUTE
+    check_compatible(point_from_module(module, batchnorm=policy), point, "module", "point")
+    buffers = dict(module.named_buffers())
     with torch.no_grad():
         for name, p in module.named_parameters():
-            p.copy_(point[name])
+            p.copy_(params[name])
+        for name, value in stats.items():
+            buffers[name].copy_(value)
     return module
 
 
@@ -139,9 +164,14 @@ def interpolate_many(a: Mapping[str, Tensor], b: Mapping[str, Tensor], ts: Seque
 
 
 def distance(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
-    """Euclidean distance over all parameters, accumulated in float64."""
+    """Euclidean distance over all parameters, accumulated in float64.
+
+    BatchNorm statistics a point may carry (``buffer:`` keys) are not parameters and do not count.
+    """
     total = 0.0
     for k in a:
+        if is_buffer_key(k):
+            continue
         total += float(torch.sum((a[k].double() - b[k].double()) ** 2))
     return math.sqrt(total)
 

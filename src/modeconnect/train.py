@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.func import functional_call
 
+from .batchnorm import is_buffer_key
 from .energy import Energy, data_like
 from .errors import ConfigError
-from .metrics import Metric, as_metric, metric_sum
+from .metrics import Metric, as_metric, metric_count, metric_sum
 from .params import Point
 
 __all__ = ["Optimizer", "TrainConfig", "Objective", "TrainStatus", "train_to_target"]
@@ -87,7 +87,12 @@ class TrainConfig:
 
 @dataclass(frozen=True, eq=False)
 class Objective:
-    """The differentiable loss that training minimises, on training data."""
+    """The differentiable loss that training minimises, on training data.
+
+    Samples are indexed along dimension 0 (images ``[n, C, H, W]`` with labels ``[n]``, or token windows
+    ``[n, T]`` with next-token targets ``[n, T]``). A minibatch's loss is its metric sum divided by its unit
+    count (samples, or labels/tokens: see :func:`~modeconnect.metrics.metric_count`).
+    """
 
     inputs: Tensor
     targets: Tensor
@@ -96,7 +101,9 @@ class Objective:
     def __post_init__(self) -> None:
         object.__setattr__(self, "loss", as_metric(self.loss))
         if not self.loss.differentiable:
-            raise ConfigError(f"{self.loss.value} is not differentiable; train with cross_entropy instead")
+            why = ("is not differentiable" if self.loss is Metric.ERROR_RATE else
+                   "is not a training loss (it is exp of the mean cross-entropy: minimising one minimises both)")
+            raise ConfigError(f"{self.loss.value} {why}; train with cross_entropy instead")
         if len(self.inputs) != len(self.targets):
             raise ConfigError(f"training inputs have {len(self.inputs)} samples but targets have {len(self.targets)}")
         if len(self.inputs) == 0:
@@ -144,9 +151,14 @@ def train_to_target(
     Minibatches are drawn from a generator seeded with ``seed``; the same
     inputs always give the same point. ``on_check(step, energy)`` is called at
     every energy check (for progress displays). ``start`` is not modified.
+
+    Only parameters are optimised. BatchNorm statistics a point carries (``buffer:`` keys, the
+    INTERPOLATE policy) are updated by the training forward's running average (see
+    :meth:`~modeconnect.energy.Energy.train_forward`); BatchNorm layers normalise with batch statistics.
     """
     energy.check_point(start, "the starting point")
-    params = {k: v.detach().clone().requires_grad_(True) for k, v in start.items()}
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in start.items() if not is_buffer_key(k)}
+    buffers = {k: v.detach().clone() for k, v in start.items() if is_buffer_key(k)}
     optimizer = _make_optimizer(list(params.values()), config)
     ref = next(iter(params.values()))
     x_all, y_all = data_like(objective.inputs, objective.targets, ref)
@@ -156,7 +168,7 @@ def train_to_target(
     order, cursor = torch.randperm(n, generator=generator), 0
 
     def check(step: int) -> float:
-        value = energy({k: v.detach() for k, v in params.items()})
+        value = energy({k: v.detach() for k, v in params.items()} | buffers)
         if on_check is not None:
             on_check(step, value)
         return value
@@ -182,10 +194,11 @@ def train_to_target(
                 cursor += batch
                 x, y = x_all[idx], y_all[idx]
             optimizer.zero_grad(set_to_none=True)
-            loss = metric_sum(objective.loss, functional_call(energy.model, params, (x,)), y) / len(x)
+            outputs = energy.train_forward(params | buffers, x)
+            loss = metric_sum(objective.loss, outputs, y) / metric_count(objective.loss, y)
             loss.backward()
             optimizer.step()
             step += 1
         value = check(step)
-    point = {k: v.detach() for k, v in params.items()}
+    point = {k: (buffers[k] if is_buffer_key(k) else params[k].detach()) for k in start}
     return point, TrainStatus(reached=reason == "reached", steps=step, final_energy=value, target=target, reason=reason)

@@ -1,0 +1,182 @@
+"""BatchNorm running statistics along paths: the policy and the functional helpers behind it.
+
+A BatchNorm layer with running statistics keeps buffers (``running_mean``, ``running_var``) that are
+not parameters but depend on them: interpolating the parameters of two trained networks leaves the
+statistics of neither meaningful. A :class:`BatchNormPolicy` says what the statistics are at every
+evaluated point; it is a named setting of the :class:`~modeconnect.energy.Energy` (and of
+:func:`~modeconnect.params.point_from_module`) and is recorded by ``Energy.describe()``.
+
+Under ``INTERPOLATE`` the statistics travel inside the point under keys ``BUFFER_PREFIX + name``
+(``"buffer:1.running_mean"``); :func:`~modeconnect.params.distance` (and so every path length) skips
+those keys, so path geometry is always measured on the parameters only.
+``num_batches_tracked`` is never part of a point (it only counts training steps).
+
+>>> import torch
+>>> from torch import nn
+>>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+>>> [name for name, _ in batchnorm_layers(net)]
+['1']
+>>> statistic_names(net)
+['1.running_mean', '1.running_var']
+>>> x = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+>>> params = dict(net.named_parameters())
+>>> stats = recompute_statistics(net, params, [x[:4], x[4:]])
+>>> manual = torch.stack([net[0](x[:4]).mean(0), net[0](x[4:]).mean(0)]).mean(0)
+>>> torch.allclose(stats["1.running_mean"], manual)
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
+from enum import Enum
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .errors import ConfigError
+
+__all__ = [
+    "BatchNormPolicy",
+    "BUFFER_PREFIX",
+    "as_policy",
+    "batchnorm_layers",
+    "statistic_names",
+    "is_buffer_key",
+    "buffer_key",
+    "buffer_name",
+    "statistics_point",
+    "split_point",
+    "batch_statistics_mode",
+    "fresh_statistics",
+    "recompute_statistics",
+]
+
+BUFFER_PREFIX = "buffer:"
+"""Prefix of the keys under which a point carries BatchNorm statistics (``INTERPOLATE`` policy)."""
+
+
+class BatchNormPolicy(str, Enum):
+    """What a BatchNorm layer's running statistics are at an evaluated point."""
+
+    RECOMPUTE = "recompute"
+    """At every evaluated point, recompute the statistics from a fixed set of training batches (a train-mode
+    forward with cumulative averaging, i.e. ``momentum=None``), then evaluate in eval mode. Points hold
+    parameters only. The most faithful choice; costs one forward over those batches per point."""
+    INTERPOLATE = "interpolate"
+    """The statistics are part of the point (keys ``buffer:<name>``) and are interpolated with it; at
+    ``t = 0`` and ``t = 1`` each endpoint's own eval-mode function is reproduced exactly. Training a bead
+    updates them as usual (running average with the layer's momentum). Path lengths use parameters only."""
+    FREEZE = "freeze"
+    """One fixed set of statistics at every point (by default the template model's; or given explicitly,
+    e.g. endpoint A's). Points hold parameters only. Cheap, but the statistics fit at most one point."""
+
+
+def as_policy(value: str | BatchNormPolicy | None) -> BatchNormPolicy | None:
+    """Parse a policy name (``None`` stays ``None``) with an error listing the valid names."""
+    if value is None:
+        return None
+    try:
+        return BatchNormPolicy(value)
+    except ValueError:
+        names = ", ".join(p.value for p in BatchNormPolicy)
+        raise ConfigError(f"unknown BatchNorm policy {value!r}; choose one of: {names}") from None
+
+
+def batchnorm_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, layer)`` for every BatchNorm-like layer of ``module`` that keeps running statistics."""
+    return [(name, sub) for name, sub in module.named_modules()
+            if isinstance(sub, nn.modules.batchnorm._NormBase) and sub.track_running_stats]
+
+
+def statistic_names(module: nn.Module) -> list[str]:
+    """Full buffer names of the running means and variances (``num_batches_tracked`` excluded)."""
+    out = []
+    for name, _ in batchnorm_layers(module):
+        prefix = f"{name}." if name else ""
+        out += [f"{prefix}running_mean", f"{prefix}running_var"]
+    return out
+
+
+def is_buffer_key(key: str) -> bool:
+    """Whether a point key holds a BatchNorm statistic rather than a parameter."""
+    return key.startswith(BUFFER_PREFIX)
+
+
+def buffer_key(name: str) -> str:
+    """The point key of buffer ``name``."""
+    return BUFFER_PREFIX + name
+
+
+def buffer_name(key: str) -> str:
+    """The buffer name behind point key ``key``."""
+    return key[len(BUFFER_PREFIX):]
+
+
+def statistics_point(module: nn.Module) -> dict[str, Tensor]:
+    """The module's running statistics as point entries (detached clones under ``buffer:`` keys)."""
+    buffers = dict(module.named_buffers())
+    return {buffer_key(name): buffers[name].detach().clone() for name in statistic_names(module)}
+
+
+def split_point(point: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``(parameters, statistics)`` of a point; the statistics keyed by their buffer names."""
+    params = {k: v for k, v in point.items() if not is_buffer_key(k)}
+    stats = {buffer_name(k): v for k, v in point.items() if is_buffer_key(k)}
+    return params, stats
+
+
+@contextlib.contextmanager
+def batch_statistics_mode(module: nn.Module, *, cumulative: bool = False) -> Iterator[None]:
+    """Put the BatchNorm layers of ``module`` in train mode (batch statistics) for the duration.
+
+    With ``cumulative`` the layers' ``momentum`` is set to ``None`` (running statistics become the plain
+    average over the batches seen). Modes and momenta are restored on exit; other layers are untouched.
+    """
+    layers = [layer for _, layer in batchnorm_layers(module)]
+    saved = [(layer.training, layer.momentum) for layer in layers]
+    try:
+        for layer in layers:
+            layer.train(True)
+            if cumulative:
+                layer.momentum = None
+        yield
+    finally:
+        for layer, (training, momentum) in zip(layers, saved):
+            layer.train(training)
+            layer.momentum = momentum
+
+
+def fresh_statistics(module: nn.Module, like: Tensor) -> dict[str, Tensor]:
+    """New statistics buffers for every BatchNorm layer: means 0, variances 1, counters 0 (dtype of ``like``)."""
+    buffers = dict(module.named_buffers())
+    out = {}
+    for name, _ in batchnorm_layers(module):
+        prefix = f"{name}." if name else ""
+        out[f"{prefix}running_mean"] = torch.zeros_like(buffers[f"{prefix}running_mean"], dtype=like.dtype,
+                                                        device=like.device)
+        out[f"{prefix}running_var"] = torch.ones_like(buffers[f"{prefix}running_var"], dtype=like.dtype,
+                                                      device=like.device)
+        out[f"{prefix}num_batches_tracked"] = torch.zeros((), dtype=torch.long, device=like.device)
+    return out
+
+
+def recompute_statistics(module: nn.Module, params: Mapping[str, Tensor], batches: Iterable[Tensor]
+                         ) -> dict[str, Tensor]:
+    """Running statistics of ``module`` at ``params``: the average over ``batches`` of each batch's statistics.
+
+    A train-mode forward per batch with cumulative averaging (``momentum=None``) into fresh buffers passed
+    through ``functional_call``, so neither the module's own buffers nor ``params`` change. Returns the
+    means and (unbiased) variances keyed by buffer name.
+    """
+    ref = next(iter(params.values()))
+    stats = fresh_statistics(module, ref)
+    batches = list(batches)
+    if not batches:
+        raise ConfigError("recomputing BatchNorm statistics needs at least one batch of training inputs")
+    with torch.no_grad(), batch_statistics_mode(module, cumulative=True):
+        for x in batches:
+            functional_call(module, {**params, **stats}, (x,))
+    return {k: v for k, v in stats.items() if not k.endswith("num_batches_tracked")}
