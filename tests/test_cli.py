@@ -93,9 +93,9 @@ def test_interrupt_tells_how_to_resume(capsys, monkeypatch, tmp_path):
 
 def test_bad_flag_value_is_rejected_by_the_parser(capsys):
     with pytest.raises(SystemExit) as info:
-        cli.main(["connect", "--task", "mnist"])
+        cli.main(["connect", "--task", "imagenet"])
     assert info.value.code == 2
-    assert "invalid choice: 'mnist'" in capsys.readouterr().err
+    assert "invalid choice: 'imagenet'" in capsys.readouterr().err
 
 
 def test_real_process_exits_2_without_traceback(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -42,6 +43,20 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = (),
         )
 
 
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", metavar="DIR", help="where the real tasks' datasets live (DIR/mnist, "
+                        "DIR/cifar10-subset, DIR/ptb); default: $MODECONNECT_DATA")
+
+
+def _use_data_dir(args: argparse.Namespace) -> None:
+    # The loaders read MODECONNECT_DATA; setting it here also reaches worker processes (and local Ray workers).
+    # The directory is a property of the machine, not of the run, so it is not part of any run's identity.
+    if getattr(args, "data_dir", None):
+        from .tasks.datasets import DATA_ENV_VAR
+
+        os.environ[DATA_ENV_VAR] = os.path.abspath(args.data_dir)
+
+
 def _config_from(args: argparse.Namespace, **fixed: Any) -> ConnectRunConfig:
     values = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(ConnectRunConfig)}
     return ConnectRunConfig(**{**values, **fixed})
@@ -56,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(connect)
     connect.add_argument("--out", metavar="DIR", help="run directory (config, env, endpoints, path, result); "
                          "re-running the same command on it resumes")
+    _add_data_dir(connect)
     connect.add_argument("--quiet", action="store_true", help="no progress lines")
     connect.add_argument("--json", action="store_true", help="print the result as JSON instead of a summary")
     sweep = sub.add_parser(
@@ -63,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="For each level, connect N independent pairs of endpoints (seeds derived from --seed) with "
                     "greedy DSS and certify; write a table (one row per pair, one aggregate row per level) and the "
                     "two-panel figure. Re-running the same command continues an interrupted sweep.")
-    sweep.add_argument("--levels", required=True, metavar="L1,L2,...", type=parse_levels,
+    sweep.add_argument("--levels", required=True, metavar="L1,L2,...",
                        help="energy levels L0, comma-separated (e.g. 0.1,0.05,0.02)")
     sweep.add_argument("--pairs", type=int, default=4, metavar="N", help="pairs per level (default: 4)")
     _add_config_flags(sweep, skip=("threshold",), helps={"seed": "base seed; pair j's seed is derived from it"})
@@ -75,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--threads", type=int, metavar="T",
                        help="torch threads per worker (default: this machine's CPUs / workers)")
     sweep.add_argument("--out", metavar="DIR", required=True, help="sweep directory")
+    _add_data_dir(sweep)
     sweep.add_argument("--no-figures", action="store_true", help="write the table only")
     sweep.add_argument("--quiet", action="store_true", help="no progress lines")
     plot = sub.add_parser("plot", help="draw the figures of a sweep or run directory",
@@ -85,7 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--format", default="png", choices=["png", "pdf", "svg"], help="image format (default: png)")
     plot.add_argument("--no-html", action="store_true", help="skip the interactive HTML view (needs plotly)")
     plot.add_argument("--no-gif", action="store_true", help="skip the GIF animation")
+    _add_data_dir(plot)
     plot.add_argument("--quiet", action="store_true", help="no progress lines")
+    data = sub.add_parser("data", help="list, check or fetch the datasets of the real tasks")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    data_sub.add_parser("list", help="the known datasets and their files")
+    check = data_sub.add_parser("check", help="verify the files of datasets in the data directory (SHA-256)")
+    check.add_argument("names", nargs="*", metavar="NAME", help="datasets to check (default: every one present)")
+    _add_data_dir(check)
+    fetch = data_sub.add_parser("fetch", help="download a dataset from a mirror, verifying every file",
+                                description="Download DATASET's files from URL/NAME/FILE into DIR/NAME/, verify each "
+                                            "against its recorded SHA-256 and move it into place only then.")
+    fetch.add_argument("name", metavar="NAME")
+    fetch.add_argument("--from", dest="base_url", required=True, metavar="URL", help="the mirror's base URL")
+    fetch.add_argument("--timeout", type=float, default=30.0, metavar="S", help="network timeout in seconds")
+    _add_data_dir(fetch)
     show = sub.add_parser("show", help="print the result of a finished run or sweep directory")
     show.add_argument("dir", metavar="DIR")
     show.add_argument("--json", action="store_true", help="print the whole result as JSON")
@@ -159,7 +190,7 @@ def format_table(table: dict[str, Any]) -> str:
     """The aggregate rows of a sweep table as aligned text."""
     metric = table.get("energy", {}).get("metric", "energy")
     lines = [f"sweep of {table['task']}: {table['pairs']} pair(s) per level, energy = {metric}",
-             f"{'L0':>10} {'connected':>10} {'norm. length':>20} {'beads':>16} {'depth':>6} {'time/pair':>10}"]
+             f"{'L0':>10} {'connected':>10} {'norm. length':>20} {'beads':>16} {'depth':>6} {'connect time':>13}"]
 
     def pm(mean: float | None, err: float | None, spec: str) -> str:
         if mean is None:
@@ -171,14 +202,14 @@ def format_table(table: dict[str, Any]) -> str:
         lines.append(f"{agg['level']:>10g} {agg['n_connected']:>4d} of {tried:<3d} "
                      f"{pm(agg['normalized_length_mean'], agg['normalized_length_stderr'], '.4f'):>20} "
                      f"{pm(agg['n_beads_mean'], agg['n_beads_stderr'], '.2f'):>16} "
-                     f"{_fmt(agg['depth_mean'], '.1f'):>6} {_fmt(agg['wall_time_s_mean'], '.1f'):>9}s"
+                     f"{_fmt(agg['depth_mean'], '.1f'):>6} {_fmt(agg['wall_time_s_mean'], '.1f'):>12}s"
                      + (f"  ({agg['n_endpoint_failed']} pair(s) whose endpoints did not train)"
                         if agg["n_endpoint_failed"] else ""))
     return "\n".join(lines)
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    config = SweepConfig(base=_config_from(args, threshold=None), levels=args.levels, pairs=args.pairs,
+    config = SweepConfig(base=_config_from(args, threshold=None), levels=parse_levels(args.levels), pairs=args.pairs,
                          seed=args.seed)
     progress = _Progress(args.quiet)
     try:
@@ -219,12 +250,42 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"connect": _connect, "sweep": _sweep, "plot": _plot, "show": _show}
+def _data(args: argparse.Namespace) -> int:
+    from .tasks import datasets
+
+    if args.data_command == "list":
+        for name, files in datasets.known_datasets().items():
+            print(f"{name:16s} {', '.join(files)}")
+        return 0
+    if args.data_command == "fetch":
+        def show(rel: str, done: int, total: int | None) -> None:
+            if total and done == total:
+                print(f"  {rel}: {done / 1e6:.1f} MB", file=sys.stderr, flush=True)
+
+        for file in datasets.fetch_dataset(args.name, args.data_dir, base_url=args.base_url, progress=show,
+                                           timeout=args.timeout):
+            print(file)
+        return 0
+    root = datasets.resolve_data_dir(args.data_dir)
+    names = args.names or [n for n in datasets.known_datasets() if (root / n).is_dir()]
+    if not names:
+        print(f"no known dataset folder in {root}; expected one of: {', '.join(datasets.known_datasets())}")
+        return 1
+    bad = 0
+    for name in names:
+        for line, ok in datasets.check_dataset(name, root):
+            bad += not ok
+            print(line)
+    return 1 if bad else 0
+
+
+_COMMANDS = {"connect": _connect, "sweep": _sweep, "plot": _plot, "show": _show, "data": _data}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _use_data_dir(args)
         return _COMMANDS[args.command](args)
     except ModeconnectError as exc:
         print(f"modeconnect: error: {exc}", file=sys.stderr)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from .checksums import KNOWN_DATASETS, KnownDataset, KnownFile, Verified, known_datasets, sha256_file, verify_file
 from .cifar import CIFAR10_CLASSES, cifar10_classes, load_cifar10, read_cifar10_batch
-from .fetch import fetch_dataset
+from .fetch import check_dataset, fetch_dataset
 from .idx import load_mnist, read_idx, write_idx
 from .location import DATA_ENV_VAR, dataset_dir, resolve_data_dir
 from .ptb import Vocabulary, batchify, bptt_windows, load_ptb, read_words
@@ -36,6 +36,7 @@ __all__ = [
     "Vocabulary",
     "batchify",
     "bptt_windows",
+    "check_dataset",
     "cifar10_classes",
     "dataset_dir",
     "fetch_dataset",

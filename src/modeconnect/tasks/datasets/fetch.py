@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ...errors import DatasetError
-from .checksums import KnownDataset, KnownFile, _payload_sha256, known_dataset, verify_known_file
+from .checksums import KnownDataset, KnownFile, Verified, _payload_sha256, known_dataset, verify_known_file
 from .location import resolve_data_dir
 
 __all__ = ["fetch_dataset", "Progress"]
@@ -149,3 +149,31 @@ def fetch_dataset(
         finally:
             tmp.unlink(missing_ok=True)
     return paths
+
+
+def check_dataset(name: str | KnownDataset, data_dir: str | os.PathLike | None) -> list[tuple[str, bool]]:
+    """Check every file of dataset ``name`` in ``DIR/<name>/``: one ``(line, ok)`` per file, for people to read.
+
+    A file is ok when it passes the loaders' checks: its recorded SHA-256 (or that of its decompressed
+    content), else the structural checks only, which the line says.
+    """
+    spec = name if isinstance(name, KnownDataset) else known_dataset(name)
+    folder = resolve_data_dir(data_dir) / spec.name
+    lines = []
+    for entry in spec.files:
+        path = folder / entry.path
+        if not path.is_file() and entry.path.endswith(".gz") and (folder / entry.path[:-3]).is_file():
+            path = folder / entry.path[:-3]
+        if not path.is_file():
+            lines.append((f"MISSING  {path}", False))
+            continue
+        try:
+            how = verify_known_file(spec, path)
+            _check_structure(spec, path)
+        except DatasetError as exc:
+            lines.append((f"BAD      {exc}", False))
+            continue
+        detail = {Verified.FILE_HASH: "SHA-256 matches", Verified.PAYLOAD_HASH: "SHA-256 of the content matches",
+                  Verified.UNRECORDED: "no recorded hash; size and format checked"}.get(how, how.value)
+        lines.append((f"ok       {path} ({detail})", True))
+    return lines
