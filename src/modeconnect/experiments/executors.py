@@ -106,14 +106,20 @@ class Executor:
 
 
 class InProcessExecutor(Executor):
-    """Units one after another in this process, with this process's threads."""
+    """Units one after another in this process, with ``threads`` torch threads (default: the current setting)."""
 
-    def __init__(self) -> None:
-        self.kind, self.workers, self.threads = ExecutorKind.LOCAL, 1, torch.get_num_threads()
+    def __init__(self, threads: int | None = None) -> None:
+        self.kind, self.workers = ExecutorKind.LOCAL, 1
+        self.threads = threads or torch.get_num_threads()
 
     def map(self, fn, arg_tuples):
-        for i, args in enumerate(arg_tuples):
-            yield i, fn(*args)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            for i, args in enumerate(arg_tuples):
+                yield i, fn(*args)
+        finally:
+            torch.set_num_threads(previous)
 
     def describe(self) -> str:
         return f"in-process ({self.threads} thread{'s' if self.threads != 1 else ''})"
@@ -206,9 +212,9 @@ def make_executor(kind: str | ExecutorKind = ExecutorKind.LOCAL, workers: int = 
         raise ConfigError(f"threads per worker must be >= 1, got {threads}")
     if address is not None and kind is not ExecutorKind.RAY:
         raise ConfigError("--address is the address of a Ray cluster: use it with --executor ray")
+    if kind is ExecutorKind.LOCAL and workers == 1:
+        return InProcessExecutor(threads)
     threads = threads or threads_per_worker(workers)
     if kind is ExecutorKind.RAY:
         return RayExecutor(workers, threads, address)
-    if workers == 1:
-        return InProcessExecutor()
     return ProcessPoolExecutor(workers, threads)
