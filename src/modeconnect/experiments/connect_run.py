@@ -8,10 +8,13 @@ config continues from the last saved state and ends with the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import torch
 
 from ..connect import connect_path
 from ..errors import ConfigError, ModeconnectError
@@ -128,9 +131,27 @@ def run_connect(
     """
     say = progress or (lambda message: None)
     task, dss, resolved = config.build()
-    if out is None:
-        return _run(config, task, dss, None, say, after_checkpoint)
-    store = RunDirectory(out)
+    with _thread_limit(task.threads):
+        if out is None:
+            return _run(config, task, dss, None, say, after_checkpoint)
+        return _run_in(RunDirectory(out), config, task, dss, resolved, say, after_checkpoint)
+
+
+@contextlib.contextmanager
+def _thread_limit(threads: int | None):
+    """Run with at most ``threads`` torch threads (the task's own limit), then restore the setting."""
+    previous = torch.get_num_threads()
+    if threads is not None and threads < previous:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_in(store: RunDirectory, config: ConnectRunConfig, task: Task, dss: DSSConfig, resolved: dict[str, Any],
+            say: Callable[[str], None], after_checkpoint: Callable[[Path, DSSState], None] | None) -> dict[str, Any]:
+    out = store.root
     with store.lock():
         resumed = store.open(resolved, config.seed)
         done = store.result()

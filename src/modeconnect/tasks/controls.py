@@ -50,6 +50,7 @@ def convex_task(*, n_inputs: int = 4, n_outputs: int = 2, n_train: int = 256, n_
         default_threshold=round(2.0 * noise**2, 12) if noise > 0 else 1e-3,
         endpoint_training=TrainConfig(optimizer="adam", lr=0.05, check_every=25, max_steps=10000),
         bead_training=TrainConfig(optimizer="adam", lr=0.05, check_every=25, max_steps=10000),
+        threads=1,
         options={"n_inputs": n_inputs, "n_outputs": n_outputs, "n_train": n_train, "n_test": n_test,
                  "noise": noise, "data_seed": data_seed},
     )
@@ -104,5 +105,6 @@ def permutation_task() -> Task:
         bead_training=TrainConfig(optimizer="adam", lr=0.01, check_every=25, max_steps=2000),
         endpoint_fraction=0.5,
         derive_endpoint_b=lambda point: permute_hidden_units(point, "0", "2", [1, 0, 2]),
+        threads=1,
         options={},
     )

@@ -51,5 +51,6 @@ def polynomial_task(kind: str, *, activation: str = "sigmoid", n_train: int = 25
         default_threshold=0.05,
         endpoint_training=TrainConfig(optimizer="adam", lr=0.02, check_every=50, max_steps=20000),
         bead_training=TrainConfig(optimizer="adam", lr=0.01, check_every=25, max_steps=5000),
+        threads=1,
         options={"activation": activation, "n_train": n_train, "n_test": n_test, "data_seed": data_seed},
     )
