@@ -81,7 +81,7 @@ def test_permutation_model_has_12_parameters_and_one_unit_per_point():
 
 
 @pytest.mark.parametrize("name, options, message", [
-    ("mnist", {}, "unknown task 'mnist'"),
+    ("imagenet", {}, "unknown task 'imagenet'"),
     ("cubic", {"activation": "gelu"}, "unknown activation 'gelu'"),
     ("cubic", {"n_train": 0}, "n_train and n_test must be >= 1"),
     ("permutation", {"activation": "relu"}, "does not take these options"),

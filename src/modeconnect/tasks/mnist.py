@@ -1,0 +1,115 @@
+"""MNIST tasks: Freeman & Bruna's convnet (``"mnist"``) and Kuditipudi et al.'s (``"mnist-kuditipudi"``).
+
+The energy is the test error in percent on a fixed restricted test set (the first ``n_eval`` test
+images by default, as the papers report "a restricted test set"); training minimises the
+cross-entropy on minibatches of a training subset. Images are scaled to [0, 1] and standardised with
+the usual MNIST training-set constants (mean 0.1307, std 0.3081). The data directory is ``data_dir``,
+else ``$MODECONNECT_DATA`` (it must hold ``mnist/`` with the original IDX files).
+
+Defaults are CPU-scale (narrow layers, 500 evaluation images, 10,000 training images); the papers'
+sizes are ``conv1=32, conv2=64, fc=1024`` (``width=32`` for Kuditipudi) with the full splits.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from torch import Tensor, nn
+
+from ..energy import Energy
+from ..models import kuditipudi_convnet, mnist_convnet
+from ..train import Objective, TrainConfig
+from ._init import build_without_global_rng, seeded
+from ._subsets import select
+from .base import Task
+
+__all__ = ["mnist_task", "mnist_kuditipudi_task", "load_mnist_tensors", "MNIST_MEAN", "MNIST_STD"]
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+"""Mean and standard deviation of the MNIST training pixels after scaling to [0, 1]."""
+
+
+def normalize_mnist(images: Tensor) -> Tensor:
+    """uint8 ``[n, 28, 28]`` -> float32 ``[n, 1, 28, 28]``, scaled to [0, 1] and standardised."""
+    return ((images.to(torch.float32) / 255.0 - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_split_cached(folder: str, split: str) -> tuple[Tensor, Tensor]:
+    from .datasets import load_mnist
+
+    return load_mnist(folder, split)
+
+
+def _load_split(data_dir: str | os.PathLike | None, split: str) -> tuple[Tensor, Tensor]:
+    """The raw split, read (and checksum-verified) once per process and directory; callers copy before use."""
+    from .datasets import resolve_data_dir
+
+    return _load_split_cached(str(resolve_data_dir(data_dir).resolve()), split)
+
+
+def load_mnist_tensors(data_dir: str | os.PathLike | None, *, n_train: int | None, n_eval: int | None,
+                       selection: str, data_seed: int) -> dict:
+    """Normalised train/eval tensors of the chosen subsets and their descriptions."""
+    x_train, y_train = _load_split(data_dir, "train")
+    x_test, y_test = _load_split(data_dir, "test")
+    train_idx, train_desc = select(len(x_train), n_train, selection, data_seed, "n_train")
+    eval_idx, eval_desc = select(len(x_test), n_eval, selection, data_seed + 1, "n_eval")
+    return {"x_train": normalize_mnist(x_train[train_idx]), "y_train": y_train[train_idx],
+            "x_eval": normalize_mnist(x_test[eval_idx]), "y_eval": y_test[eval_idx],
+            "train_selection": train_desc, "eval_selection": eval_desc}
+
+
+def _image_task(name: str, description: str, build, data: dict, *, threshold: float, strategy: str,
+                endpoint: TrainConfig, bead: TrainConfig, options: dict) -> Task:
+    model = build_without_global_rng(build)
+    energy = Energy(model, data["x_eval"], data["y_eval"], "error_rate", strategy=strategy,
+                    sample_batch_size=500, split="test", selection=data["eval_selection"])
+    return Task(
+        name=name, description=description,
+        make_model=lambda seed: seeded(build, seed),
+        objective=Objective(data["x_train"], data["y_train"], "cross_entropy"),
+        energy=energy, default_threshold=threshold,
+        endpoint_training=endpoint, bead_training=bead,
+        options={**options, "train_selection": data["train_selection"]},
+    )
+
+
+def mnist_task(*, data_dir: str | os.PathLike | None = None, conv1: int = 8, conv2: int = 16, fc: int = 64,
+               n_eval: int | None = 500, n_train: int | None = 10000, selection: str = "first",
+               data_seed: int = 0) -> Task:
+    """Freeman & Bruna's MNIST convnet (:func:`~modeconnect.models.mnist_convnet`); energy = test error %."""
+
+    def build() -> nn.Module:
+        return mnist_convnet(conv1, conv2, fc)
+
+    data = load_mnist_tensors(data_dir, n_train=n_train, n_eval=n_eval, selection=selection, data_seed=data_seed)
+    return _image_task(
+        "mnist", f"MNIST, convnet conv5x5 {conv1} / conv5x5 {conv2} / fc {fc}, energy = test error % "
+        f"({data['eval_selection']} test images), trained with cross-entropy on {data['train_selection']}",
+        build, data, threshold=3.0, strategy="loop",
+        endpoint=TrainConfig(optimizer="adam", lr=2e-3, batch_size=64, check_every=100, max_steps=4000),
+        bead=TrainConfig(optimizer="adam", lr=1e-3, batch_size=64, check_every=25, max_steps=2000),
+        options={"conv1": conv1, "conv2": conv2, "fc": fc, "n_eval": n_eval, "n_train": n_train,
+                 "selection": selection, "data_seed": data_seed, "normalization": [MNIST_MEAN, MNIST_STD]})
+
+
+def mnist_kuditipudi_task(*, data_dir: str | os.PathLike | None = None, width: int = 16, n_layers: int = 3,
+                          n_eval: int | None = 500, n_train: int | None = 10000, selection: str = "first",
+                          data_seed: int = 0) -> Task:
+    """Kuditipudi et al.'s bias-free MNIST convnet (:func:`~modeconnect.models.kuditipudi_convnet`)."""
+
+    def build() -> nn.Module:
+        return kuditipudi_convnet(width, n_layers)
+
+    data = load_mnist_tensors(data_dir, n_train=n_train, n_eval=n_eval, selection=selection, data_seed=data_seed)
+    return _image_task(
+        "mnist-kuditipudi", f"MNIST, Kuditipudi convnet {n_layers} x conv3x3 {width} (no biases), energy = test "
+        f"error % ({data['eval_selection']} test images), trained with cross-entropy on {data['train_selection']}",
+        build, data, threshold=3.0, strategy="loop",
+        endpoint=TrainConfig(optimizer="adam", lr=2e-3, batch_size=64, check_every=100, max_steps=4000),
+        bead=TrainConfig(optimizer="adam", lr=1e-3, batch_size=64, check_every=25, max_steps=2000),
+        options={"width": width, "n_layers": n_layers, "n_eval": n_eval, "n_train": n_train,
+                 "selection": selection, "data_seed": data_seed, "normalization": [MNIST_MEAN, MNIST_STD]})
