@@ -73,7 +73,7 @@ def test_cifar_task(batchnorm):
 
 @needs["ptb"]
 def test_ptb_task_perplexity_near_vocabulary_size_untrained_and_training_lowers_it():
-    task = make_task("ptb", data_dir=DATA, embedding_dim=8, hidden_size=8, n_eval=5, n_train_tokens=4000)
+    task = make_task("ptb", data_dir=DATA, embedding_dim=8, hidden_size=8, n_eval=5, n_train=4000)
     assert task.energy.inputs.shape == (5, 20) and task.energy.describe()["n_units"] == 100
     start = task.energy.point_of(task.make_model(0))
     assert 5000 <= task.energy(start) <= 20000  # uniform over 10,000 words

@@ -25,7 +25,7 @@ from .tasks import TASKS
 
 _TYPES = {"str": str, "int": int, "float": float}
 _CHOICES = {"task": list(TASKS), "tstar": [m.value for m in TStar], "order": [m.value for m in Order],
-            "activation": ["sigmoid", "relu", "tanh"]}
+            "activation": ["sigmoid", "relu", "tanh"], "batchnorm": ["recompute", "interpolate", "freeze"]}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = (),

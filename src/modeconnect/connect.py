@@ -94,9 +94,10 @@ def summarize(path: Path, status: DSSStatus, certificate: Certificate | None, co
     return out
 
 
-def _as_point(model: nn.Module | Mapping[str, Tensor], name: str) -> Point:
+def _as_point(model: nn.Module | Mapping[str, Tensor], name: str, energy: Energy) -> Point:
     if isinstance(model, nn.Module):
-        return point_from_module(model)
+        # its parameters, plus BatchNorm statistics where the energy's policy carries them in points
+        return point_from_module(model, energy.batchnorm)
     if isinstance(model, Mapping):
         return {k: v.detach().clone() for k, v in model.items()}
     raise ConfigError(f"{name} must be an nn.Module or a dict of parameter tensors, got {type(model).__name__}")
@@ -135,7 +136,7 @@ def connect(
             raise ConfigError(f"unknown DSS setting: {exc}") from None
     elif settings or config.threshold != threshold:
         config = replace(config, threshold=threshold, **settings)
-    a, b = _as_point(model_a, "model_a"), _as_point(model_b, "model_b")
+    a, b = _as_point(model_a, "model_a", energy), _as_point(model_b, "model_b", energy)
     check_compatible(a, b, "model_a", "model_b")
     energy.check_point(a, "model_a")
     return connect_path(Path([a, b]), energy, objective, config, certify_path=certify_path, resolution=resolution,

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from .batchnorm import is_buffer_key
 from .errors import ConfigError
 from .params import flatten
 
@@ -154,7 +155,9 @@ def string_picture(
         stages = [(0, list(range(n)))]
     stages = [stages[j] for j in select_stages(len(stages), max_stages)]
 
-    vectors = torch.stack([flatten(b).to(torch.float64) for b in path.beads])
+    # the picture is of the parameters: BatchNorm statistics carried in the points (INTERPOLATE) are left out
+    vectors = torch.stack([flatten({k: v for k, v in b.items() if not is_buffer_key(k)}).to(torch.float64)
+                           for b in path.beads])
     mean, axes, explained, n_real = principal_axes(vectors, 3)
     coords = (vectors - mean) @ axes.T  # [n, 3]
 

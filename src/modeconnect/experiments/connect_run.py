@@ -18,7 +18,7 @@ import torch
 
 from ..connect import connect_path
 from ..errors import ConfigError, ModeconnectError
-from ..params import Point, point_from_module
+from ..params import Point
 from ..path import Path
 from ..seeding import derive_seed
 from ..strings.greedy import DSSConfig, DSSState
@@ -55,9 +55,16 @@ class ConnectRunConfig:
     bead_max_steps: int | None = _opt("step cap per bead (default: the task's own)", default=None)
     bead_lr: float | None = _opt("bead learning rate (default: the task's own)", default=None)
     endpoint_max_steps: int | None = _opt("step cap per endpoint (default: the task's own)", default=None)
-    resolution: float = _opt("certification resolution in segment units t", default=1e-3)
+    resolution: float | None = _opt("certification resolution in segment units t (default: the task's own)",
+                                    default=None)
     activation: str | None = _opt("polynomial tasks: sigmoid (paper), relu or tanh", default=None)
     data_seed: int | None = _opt("seed of the task's data sample (default 0)", default=None)
+    n_eval: int | None = _opt("real tasks: size of the restricted evaluation subset (default: the task's own)",
+                              default=None)
+    n_train: int | None = _opt("real tasks: training examples (PTB: tokens) used (default: the task's own)",
+                               default=None)
+    batchnorm: str | None = _opt("cifar10: BatchNorm layers with statistics recomputed, interpolated or frozen "
+                                 "(default: no BatchNorm)", default=None)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -70,8 +77,9 @@ class ConnectRunConfig:
         out = {}
         if self.activation is not None:
             out["activation"] = self.activation
-        if self.data_seed is not None:
-            out["data_seed"] = self.data_seed
+        for key in ("data_seed", "n_eval", "n_train", "batchnorm"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         return out
 
     def build(self) -> tuple[Task, DSSConfig, dict[str, Any]]:
@@ -85,11 +93,16 @@ class ConnectRunConfig:
         dss = DSSConfig(threshold=threshold, alpha=self.alpha, tolerance=self.tolerance, grid_size=self.grid_size,
                         tstar=self.tstar, order=self.order, max_depth=self.max_depth, max_beads=self.max_beads,
                         max_time_s=self.max_time_s, bead_training=bead, seed=self.seed)
-        if not 0 < self.resolution < 1:
-            raise ConfigError(f"resolution must be in (0, 1), got {self.resolution}")
+        resolution = self.certify_resolution(task)
+        if not 0 < resolution < 1:
+            raise ConfigError(f"resolution must be in (0, 1), got {resolution}")
         resolved = {"run": self.to_dict(), "task": task.describe(), "dss": dss.to_dict(),
-                    "endpoint_training": self.endpoint_training(task).to_dict()}
+                    "endpoint_training": self.endpoint_training(task).to_dict(), "resolution": resolution}
         return task, dss, resolved
+
+    def certify_resolution(self, task: Task) -> float:
+        """This run's certification resolution: the flag if given, else the task's default."""
+        return task.certify_resolution if self.resolution is None else self.resolution
 
     def endpoint_training(self, task: Task) -> TrainConfig:
         """The task's endpoint training settings with this run's overrides."""
@@ -105,7 +118,7 @@ class EndpointTrainingError(ModeconnectError):
 def _train_endpoint(task: Task, which: str, seed: int, target: float, config: TrainConfig,
                     say: Callable[[str], None]) -> Point:
     say(f"training endpoint {which.upper()} (seed {seed}) to energy <= {target:.4g}")
-    start = point_from_module(task.make_model(seed))
+    start = task.energy.point_of(task.make_model(seed))  # parameters (+ BatchNorm statistics if the policy says)
     point, status = train_to_target(start, energy=task.energy, objective=task.objective, target=target,
                                     config=config, seed=seed)
     if not status.reached:
@@ -210,7 +223,7 @@ def _run(config: ConnectRunConfig, task: Task, dss: DSSConfig, store: RunDirecto
     say(f"connecting with greedy DSS: L0={dss.threshold:g}, alpha={dss.alpha:g}, tolerance={dss.tolerance:g}, "
         f"t*={dss.tstar.value}, order={dss.order.value}")
     connection = connect_path(path, task.energy, task.objective, dss, state=state, checkpoint=checkpoint,
-                              resolution=config.resolution, progress=say)
+                              resolution=config.certify_resolution(task), progress=say)
     # wall_time_s covers connecting (summed over resumed sessions) and certifying; endpoint training is
     # reported on its own (endpoint_time_s, this session only: 0 when the endpoints were loaded).
     result = connection.summary()

@@ -71,7 +71,7 @@ def _image_task(name: str, description: str, build, data: dict, *, threshold: fl
         name=name, description=description,
         make_model=lambda seed: seeded(build, seed),
         objective=Objective(data["x_train"], data["y_train"], "cross_entropy"),
-        energy=energy, default_threshold=threshold,
+        energy=energy, default_threshold=threshold, certify_resolution=1e-2,
         endpoint_training=endpoint, bead_training=bead,
         options={**options, "train_selection": data["train_selection"]},
     )

@@ -5,7 +5,7 @@ windows of ``bptt_windows(batchify(ids, 1), num_steps)``; every sequence starts 
 (no state is carried between windows, so perplexities are somewhat higher than Zaremba's stateful
 evaluation). The energy is the perplexity, exp of the mean per-token cross-entropy, on a fixed
 restricted test set (the first ``n_eval`` test sequences by default); training minimises the per-token
-cross-entropy on minibatches of sequences from the first ``n_train_tokens`` training tokens. The data
+cross-entropy on minibatches of sequences from the first ``n_train`` training tokens. The data
 directory is ``data_dir``, else ``$MODECONNECT_DATA`` (``ptb/ptb.{train,valid,test}.txt``).
 
 Defaults are CPU-scale (embedding and 2 LSTM layers of 64); Zaremba's small configuration is
@@ -37,15 +37,15 @@ def sequences(ids: Tensor, num_steps: int) -> tuple[Tensor, Tensor]:
 
 def ptb_task(*, data_dir: str | os.PathLike | None = None, embedding_dim: int = 64, hidden_size: int = 64,
              num_layers: int = 2, num_steps: int = 20, n_eval: int | None = 20,
-             n_train_tokens: int | None = 200_000, selection: str = "first", data_seed: int = 0,
+             n_train: int | None = 200_000, selection: str = "first", data_seed: int = 0,
              init_scale: float = 0.1) -> Task:
     """PTB next-word prediction with :class:`~modeconnect.models.LSTMLanguageModel`; energy = perplexity."""
     from .datasets import load_ptb
 
     train_ids, vocab = load_ptb(data_dir, "train")
     test_ids, _ = load_ptb(data_dir, "test", vocab=vocab)
-    if n_train_tokens is not None:
-        train_ids = train_ids[: n_train_tokens + 1]
+    if n_train is not None:
+        train_ids = train_ids[: n_train + 1]
     x_train, y_train = sequences(train_ids, num_steps)
     x_test, y_test = sequences(test_ids, num_steps)
     eval_idx, eval_desc = select(len(x_test), n_eval, selection, data_seed + 1, "n_eval")
@@ -69,10 +69,11 @@ def ptb_task(*, data_dir: str | os.PathLike | None = None, embedding_dim: int = 
         objective=Objective(x_train, y_train, "cross_entropy"),
         energy=energy,
         default_threshold=400.0,
+        certify_resolution=1e-2,
         endpoint_training=TrainConfig(optimizer="adam", lr=3e-3, batch_size=32, check_every=100, max_steps=5000),
         bead_training=TrainConfig(optimizer="adam", lr=1e-3, batch_size=32, check_every=25, max_steps=2000),
         options={"embedding_dim": embedding_dim, "hidden_size": hidden_size, "num_layers": num_layers,
-                 "num_steps": num_steps, "n_eval": n_eval, "n_train_tokens": n_train_tokens,
+                 "num_steps": num_steps, "n_eval": n_eval, "n_train": n_train,
                  "selection": selection, "data_seed": data_seed, "init_scale": init_scale,
                  "vocab_size": vocab_size, "n_train_sequences": len(x_train)},
     )
