@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,25 +28,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runnable without installing
 
+from segment_eval import _timed, matmul_gflops  # noqa: E402  (the same matmul baseline; benchmarks/ is on the path)
+
 from modeconnect.energy import Energy  # noqa: E402
 from modeconnect.models import LSTMLanguageModel, cifar_convnet, init_uniform_, mnist_convnet  # noqa: E402
 from modeconnect.params import point_from_module  # noqa: E402
 from modeconnect.tasks._init import build_without_global_rng, seeded  # noqa: E402
-
-
-def matmul_gflops(n: int, repeats: int) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    out = torch.empty(n, n)
-    for _ in range(3):
-        torch.mm(a, b, out=out)
-    best = min(_timed(lambda: torch.mm(a, b, out=out)) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def forward_flops(model, inputs) -> int:

@@ -264,39 +264,33 @@ def _mismatch(path: Path, expected: str, actual: str, what: str, dataset: str | 
     )
 
 
+def _verify(path: str | os.PathLike, expected_sha256: str, kind: str, dataset: str | None) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path} does not exist or is not a file")
+    key = _stat_key(path, kind, expected_sha256)
+    with _verified_lock:
+        if key in _verified:
+            return
+    actual = sha256_file(path) if kind == "file" else _payload_sha256(path)
+    if actual != expected_sha256:
+        raise _mismatch(path, expected_sha256, actual, "bytes" if kind == "file" else "decompressed content",
+                        dataset)
+    with _verified_lock:
+        _verified.add(key)
+
+
 def verify_file(path: str | os.PathLike, expected_sha256: str, *, dataset: str | None = None) -> None:
     """Check that the SHA-256 of ``path``'s bytes is ``expected_sha256``; raise DatasetError if not.
 
     A success is remembered for this ``(path, size, mtime)``; checking again is free.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path} does not exist or is not a file")
-    key = _stat_key(path, "file", expected_sha256)
-    with _verified_lock:
-        if key in _verified:
-            return
-    actual = sha256_file(path)
-    if actual != expected_sha256:
-        raise _mismatch(path, expected_sha256, actual, "bytes", dataset)
-    with _verified_lock:
-        _verified.add(key)
+    _verify(path, expected_sha256, "file", dataset)
 
 
 def verify_payload(path: str | os.PathLike, expected_sha256: str, *, dataset: str | None = None) -> None:
     """Like :func:`verify_file` for the *decompressed* content of a (possibly) gzipped file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path} does not exist or is not a file")
-    key = _stat_key(path, "payload", expected_sha256)
-    with _verified_lock:
-        if key in _verified:
-            return
-    actual = _payload_sha256(path)
-    if actual != expected_sha256:
-        raise _mismatch(path, expected_sha256, actual, "decompressed content", dataset)
-    with _verified_lock:
-        _verified.add(key)
+    _verify(path, expected_sha256, "payload", dataset)
 
 
 def verify_known_file(dataset: str | KnownDataset, path: str | os.PathLike, *, verify: bool = True) -> Verified:
