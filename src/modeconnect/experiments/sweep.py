@@ -224,7 +224,8 @@ def run_sweep(
         done = _finished(dirs[unit])
         if done is not None:
             record(unit, done)
-    todo = [unit for unit in units if unit not in rows]
+    # lowest levels first: they take longest, so starting them early keeps a pool's workers busy to the end
+    todo = sorted((unit for unit in units if unit not in rows), key=lambda unit: unit[0])
     if resumed:
         say(f"continuing the sweep in {out}: {len(rows)} of {len(units)} pairs already finished")
 
