@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ...errors import ConfigError, DatasetError
 from .checksums import CIFAR10_RECORD_BYTES, verify_known_file
-from .location import dataset_dir, expected_layout, resolve_data_dir
+from .location import dataset_dir, expected_layout, read_dataset_bytes, resolve_data_dir
 
 __all__ = ["CIFAR10_NAMES", "CIFAR10_CLASSES", "load_cifar10", "cifar10_classes", "read_cifar10_batch"]
 
@@ -62,12 +62,7 @@ def _resolve_name(data_dir: str | os.PathLike | None, name: str | None) -> str:
 def read_cifar10_batch(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
     """Read one CIFAR-10 binary file: ``(images uint8 [N, 3, 32, 32], labels int64 [N])``."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DatasetError(f"CIFAR-10 file {path} does not exist") from None
-    except OSError as exc:
-        raise DatasetError(f"cannot read CIFAR-10 file {path}: {exc}") from None
+    raw = read_dataset_bytes(path, "CIFAR-10")
     if len(raw) == 0 or len(raw) % CIFAR10_RECORD_BYTES:
         raise DatasetError(
             f"{path} has {len(raw)} bytes, not a positive multiple of the {CIFAR10_RECORD_BYTES}-byte CIFAR-10 "

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ...errors import ConfigError, DatasetError
 from .checksums import verify_known_file
-from .location import dataset_dir, find_file
+from .location import dataset_dir, find_file, read_dataset_bytes
 
 __all__ = ["IDX_DTYPES", "read_idx", "write_idx", "load_mnist", "MNIST_NAMES"]
 
@@ -47,12 +47,7 @@ _MNIST_PREFIX = {"train": "train", "test": "t10k"}
 
 
 def _read_bytes(path: Path) -> bytes:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DatasetError(f"IDX file {path} does not exist") from None
-    except OSError as exc:
-        raise DatasetError(f"cannot read IDX file {path}: {exc}") from None
+    raw = read_dataset_bytes(path, "IDX")
     if raw[:2] != b"\x1f\x8b":
         return raw
     try:

@@ -23,7 +23,7 @@ from pathlib import Path
 from ...errors import DatasetError
 from .checksums import KNOWN_DATASETS
 
-__all__ = ["DATA_ENV_VAR", "resolve_data_dir", "dataset_dir", "find_file", "expected_layout"]
+__all__ = ["DATA_ENV_VAR", "resolve_data_dir", "dataset_dir", "find_file", "expected_layout", "read_dataset_bytes"]
 
 DATA_ENV_VAR = "MODECONNECT_DATA"
 """Environment variable naming the data directory when none is passed explicitly."""
@@ -94,3 +94,13 @@ def find_file(folder: Path, candidates: Iterable[str], dataset: str | None = Non
     tried = " or ".join(str(folder / n) for n in candidates)
     hint = f"; expected {expected_layout(dataset, folder.parent)}" if dataset in KNOWN_DATASETS else ""
     raise DatasetError(f"missing file {tried}{hint}")
+
+
+def read_dataset_bytes(path: Path, kind: str) -> bytes:
+    """The bytes of a dataset file; a missing or unreadable file is a DatasetError naming it (``kind``: "IDX")."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DatasetError(f"{kind} file {path} does not exist") from None
+    except OSError as exc:
+        raise DatasetError(f"cannot read {kind} file {path}: {exc}") from None
