@@ -66,7 +66,7 @@ def test_json_output(capsys):
     (["connect", "--task", "quadratic", "--threshold", "1e-6", "--endpoint-max-steps", "20"],
      "endpoint A reached energy"),
     (["connect", "--task", "convex", "--threshold", "-1"], "threshold must be a positive"),
-    (["connect", "--task", "convex", "--resolution", "2"], "resolution must be in (0, 1)"),
+    (["connect", "--task", "convex", "--certify-resolution", "2"], "resolution must be in (0, 1)"),
     (["show", "/nonexistent/run"], "is not a directory"),
 ])
 def test_errors_are_one_line_with_exit_code_2(capsys, argv, message):

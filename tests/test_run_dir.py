@@ -39,11 +39,14 @@ def test_run_directory_files(finished):
     env = json.loads((out / "env.json").read_text())
     assert env["torch"] == torch.__version__ and env["seed"] == 2
     config = json.loads((out / "config.json").read_text())
-    assert config["config"]["dss"]["threshold"] == 0.02 and len(config["run_id"]) == 16
-    # the stored path is the certified one
+    assert config["config"]["threshold"] == 0.02 and len(config["run_id"]) == 16
+    assert config["config"]["method"] == "greedy_dss" and config["config"]["method_config"]["alpha"] == 0.8
+    # the stored path is the certified one, with the method's state under its name
     path = Path.load(out / "path", like=make_task("quadratic").make_model(0))
     assert path.n_beads == result["n_beads"]
-    assert [s.max_energy for s in path.segments] == result["segment_max_energy"]
+    saved = path.metadata["method_state"]
+    assert saved["method"] == "greedy_dss"
+    assert [s["max_energy"] for s in saved["state"]["segments"]] == result["segment_max_energy"]
     assert path.normalized_length == pytest.approx(result["normalized_length"])
 
 
@@ -65,7 +68,7 @@ def test_resumed_run_equals_uninterrupted(finished, tmp_path):
     assert Path.load(out / "path").n_beads == 2
     messages = []
     resumed = run_connect(CONFIG, str(out), progress=messages.append)
-    assert any("resuming DSS with 2 bead(s)" in m for m in messages)
+    assert any("resuming greedy_dss with 2 bead(s)" in m for m in messages)
     assert comparable(resumed) == comparable(full)
     a, b = Path.load(out / "path"), Path.load(finished[0] / "path")
     assert all(torch.equal(x[k], y[k]) for x, y in zip(a.beads, b.beads) for k in x)
@@ -82,9 +85,11 @@ def test_finished_run_is_not_recomputed(finished):
 
 def test_a_different_config_is_refused(finished):
     out, _ = finished
-    expected = r"holds a different run \(dss.alpha: 0.8 there vs 0.6 now; run.alpha: 0.8 there vs 0.6 now\)"
+    expected = r"holds a different run \(method_config.alpha: 0.8 there vs 0.6 now\)"
     with pytest.raises(StoreError, match=expected):
-        run_connect(ConnectRunConfig(task="quadratic", threshold=0.02, seed=2, alpha=0.6), str(out))
+        run_connect(ConnectRunConfig(task="quadratic", threshold=0.02, seed=2, method_settings={"alpha": 0.6}),
+                    str(out))
+    assert not (out / ".lock").exists(), "a refused directory keeps no lock file"
 
 
 def test_a_foreign_directory_is_refused(tmp_path):

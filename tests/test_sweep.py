@@ -121,8 +121,8 @@ def test_an_interrupted_sweep_continues_without_redoing_finished_pairs(reference
 
 def test_a_sweep_directory_refuses_other_settings_but_accepts_more_levels(reference, tmp_path):
     out, _ = reference
-    other = SweepConfig(ConnectRunConfig(task="quadratic", alpha=0.5), LEVELS, pairs=2, seed=3)
-    with pytest.raises(StoreError, match="base.alpha"):
+    other = SweepConfig(ConnectRunConfig(task="quadratic", method_settings={"alpha": 0.5}), LEVELS, pairs=2, seed=3)
+    with pytest.raises(StoreError, match=r"base.method_config.alpha: 0.8 there vs 0.5 now\)"):
         run_sweep(other, str(out))
     small = tmp_path / "grow"
     run_sweep(SweepConfig(CONFIG.base, (0.1,), pairs=1, seed=3), str(small))
@@ -131,7 +131,7 @@ def test_a_sweep_directory_refuses_other_settings_but_accepts_more_levels(refere
 
 
 def test_pairs_whose_endpoints_do_not_train_are_recorded_once(tmp_path):
-    config = SweepConfig(ConnectRunConfig(task="quadratic", endpoint_max_steps=1), (0.01,), pairs=1)
+    config = SweepConfig(ConnectRunConfig(task="quadratic", endpoint_training={"max_steps": 1}), (0.01,), pairs=1)
     table = run_sweep(config, str(tmp_path / "fail"))
     (row,), (agg,) = table["rows"], table["aggregates"]
     assert row["status"] == "endpoint_failed" and "endpoint A" in row["message"]

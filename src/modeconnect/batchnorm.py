@@ -11,6 +11,12 @@ Under ``INTERPOLATE`` the statistics travel inside the point under keys ``BUFFER
 those keys, so path geometry is always measured on the parameters only.
 ``num_batches_tracked`` is never part of a point (it only counts training steps).
 
+Every other buffer (a registered scale, the power-iteration vectors ``_u``/``_v`` of
+``torch.nn.utils.parametrizations.spectral_norm``, ...) is part of the model's function just as much as
+its parameters, but no policy can rebuild it, so every point carries it under the same ``buffer:`` keys
+whatever the policy (:func:`plain_buffer_names`). Taking it from the energy's template model instead
+would evaluate every point with the template's values.
+
 >>> import torch
 >>> from torch import nn
 >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
@@ -44,10 +50,12 @@ __all__ = [
     "as_policy",
     "batchnorm_layers",
     "statistic_names",
+    "plain_buffer_names",
     "is_buffer_key",
     "buffer_key",
     "buffer_name",
     "statistics_point",
+    "plain_buffers_point",
     "split_point",
     "batch_statistics_mode",
     "fresh_statistics",
@@ -55,7 +63,8 @@ __all__ = [
 ]
 
 BUFFER_PREFIX = "buffer:"
-"""Prefix of the keys under which a point carries BatchNorm statistics (``INTERPOLATE`` policy)."""
+"""Prefix of the keys under which a point carries buffers (BatchNorm statistics under ``INTERPOLATE``, and
+every buffer that is not a BatchNorm statistic)."""
 
 
 class BatchNormPolicy(str, Enum):
@@ -100,8 +109,24 @@ def statistic_names(module: nn.Module) -> list[str]:
     return out
 
 
+def plain_buffer_names(module: nn.Module) -> list[str]:
+    """Names of the buffers that are not owned by a BatchNorm layer with running statistics.
+
+    A BatchNorm layer's buffers (statistics and ``num_batches_tracked``) are governed by the policy; the
+    rest have no policy that could recompute them, so points carry them (see the module docstring).
+    Ownership is decided by identity, so a buffer is classified once even if it is registered twice.
+
+    >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    >>> net.register_buffer("scale", torch.ones(()))
+    >>> plain_buffer_names(net)
+    ['scale']
+    """
+    owned = {id(b) for _, layer in batchnorm_layers(module) for b in layer.buffers(recurse=False)}
+    return [name for name, b in module.named_buffers() if id(b) not in owned]
+
+
 def is_buffer_key(key: str) -> bool:
-    """Whether a point key holds a BatchNorm statistic rather than a parameter."""
+    """Whether a point key holds a buffer (a BatchNorm statistic or a plain buffer) rather than a parameter."""
     return key.startswith(BUFFER_PREFIX)
 
 
@@ -121,8 +146,14 @@ def statistics_point(module: nn.Module) -> dict[str, Tensor]:
     return {buffer_key(name): buffers[name].detach().clone() for name in statistic_names(module)}
 
 
+def plain_buffers_point(module: nn.Module) -> dict[str, Tensor]:
+    """The module's plain (non-BatchNorm) buffers as point entries (detached clones under ``buffer:`` keys)."""
+    buffers = dict(module.named_buffers())
+    return {buffer_key(name): buffers[name].detach().clone() for name in plain_buffer_names(module)}
+
+
 def split_point(point: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """``(parameters, statistics)`` of a point; the statistics keyed by their buffer names."""
+    """``(parameters, buffers)`` of a point; the buffers keyed by their buffer names (the tensors are shared)."""
     params = {k: v for k, v in point.items() if not is_buffer_key(k)}
     stats = {buffer_name(k): v for k, v in point.items() if is_buffer_key(k)}
     return params, stats
@@ -168,10 +199,11 @@ def recompute_statistics(module: nn.Module, params: Mapping[str, Tensor], batche
     """Running statistics of ``module`` at ``params``: the average over ``batches`` of each batch's statistics.
 
     A train-mode forward per batch with cumulative averaging (``momentum=None``) into fresh buffers passed
-    through ``functional_call``, so neither the module's own buffers nor ``params`` change. Returns the
+    through ``functional_call``, so neither the module's own buffers nor ``params`` change. ``params`` may
+    also hold the point's other buffers (by buffer name): they take part in the forward passes. Returns the
     means and (unbiased) variances keyed by buffer name.
     """
-    ref = next(iter(params.values()))
+    ref = next(v for v in params.values() if v.is_floating_point())
     stats = fresh_statistics(module, ref)
     batches = list(batches)
     if not batches:

@@ -1,13 +1,13 @@
 """Command line: ``modeconnect connect``, ``sweep``, ``plot DIR`` and ``show DIR``.
 
 Thin by design: arguments -> config dataclasses -> experiment functions.
-Flags are derived from :class:`ConnectRunConfig`, so defaults and help live in one place.
+Flags are derived from the settings schema (:mod:`modeconnect.cli_settings`), so defaults and help live
+in one place. ``connect`` and ``sweep`` parse in two phases: ``--method`` first, then that method's flags.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -15,33 +15,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import ModeconnectError
-from .experiments.connect_run import ConnectRunConfig, run_connect
+from .cli_settings import add_run_flags, join_negative_values, method_from_argv, methods_epilog, run_config_from
+from .errors import DatasetError, ModeconnectError
+from .experiments.connect_run import run_connect
 from .experiments.executors import ExecutorKind, make_executor
 from .experiments.store import RunDirectory, SweepDirectory
 from .experiments.sweep import SweepConfig, parse_levels, run_sweep
-from .strings.greedy import Order, TStar
-from .tasks import TASKS
-
-_TYPES = {"str": str, "int": int, "float": float}
-_CHOICES = {"task": list(TASKS), "tstar": [m.value for m in TStar], "order": [m.value for m in Order],
-            "activation": ["sigmoid", "relu", "tanh"], "batchnorm": ["recompute", "interpolate", "freeze"]}
-
-
-def _add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = (),
-                      helps: dict[str, str] | None = None) -> None:
-    for f in dataclasses.fields(ConnectRunConfig):
-        if f.name in skip:
-            continue
-        base = str(f.type).replace(" | None", "")
-        default = f.default
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, type=_TYPES[base], default=default,
-            choices=_CHOICES.get(f.name), metavar=None if f.name in _CHOICES else base.upper(),
-            help=(helps or {}).get(f.name, f.metadata.get("help", ""))
-            + ("" if default is None else f" (default: {default})"),
-        )
-
 
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", metavar="DIR", help="where the real tasks' datasets live (DIR/mnist, "
@@ -51,24 +30,30 @@ def _add_data_dir(parser: argparse.ArgumentParser) -> None:
 def _use_data_dir(args: argparse.Namespace) -> None:
     # The loaders read MODECONNECT_DATA; setting it here also reaches worker processes (and local Ray workers).
     # The directory is a property of the machine, not of the run, so it is not part of any run's identity.
-    if getattr(args, "data_dir", None):
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir is not None:
         from .tasks.datasets import DATA_ENV_VAR
 
-        os.environ[DATA_ENV_VAR] = os.path.abspath(args.data_dir)
+        if not os.path.isdir(data_dir):
+            what = "is not a directory" if os.path.exists(data_dir) else "does not exist"
+            raise DatasetError(f"--data-dir {data_dir} {what}; pass the directory that holds the datasets "
+                               "(e.g. DIR/mnist, DIR/cifar10-subset, DIR/ptb)")
+        os.environ[DATA_ENV_VAR] = os.path.abspath(data_dir)
 
 
-def _config_from(args: argparse.Namespace, **fixed: Any) -> ConnectRunConfig:
-    values = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(ConnectRunConfig)}
-    return ConnectRunConfig(**{**values, **fixed})
+def build_parser(method: str | None = None) -> argparse.ArgumentParser:
+    """The parser; ``connect`` and ``sweep`` carry the flags of ``method`` (default: the default method)."""
+    from .methods import DEFAULT_METHOD
 
-
-def build_parser() -> argparse.ArgumentParser:
+    method = method or DEFAULT_METHOD
     parser = argparse.ArgumentParser(prog="modeconnect", description="Connect neural networks inside loss level sets.")
     sub = parser.add_subparsers(dest="command", required=True)
-    connect = sub.add_parser("connect", help="train two endpoints of a task and connect them with greedy DSS",
-                             description="Train two endpoints from two seeds, connect them with greedy Dynamic "
-                                         "String Sampling, certify the path and print a summary.")
-    _add_config_flags(connect)
+    connect = sub.add_parser("connect", help="train two endpoints of a task and connect them with a path method",
+                             description="Train two endpoints from two seeds, connect them with a path method "
+                                         f"(--method, default {DEFAULT_METHOD}), check the path by refined "
+                                         "sampling and print a summary.",
+                             epilog=methods_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_flags(connect, method)
     connect.add_argument("--out", metavar="DIR", help="run directory (config, env, endpoints, path, result); "
                          "re-running the same command on it resumes")
     _add_data_dir(connect)
@@ -77,12 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser(
         "sweep", help="normalized length and bead count over energy levels, N pairs per level",
         description="For each level, connect N independent pairs of endpoints (seeds derived from --seed) with "
-                    "greedy DSS and certify; write a table (one row per pair, one aggregate row per level) and the "
-                    "two-panel figure. Re-running the same command continues an interrupted sweep.")
+                    "a path method and certify; write a table (one row per pair, one aggregate row per level) and "
+                    "the two-panel figure. Re-running the same command continues an interrupted sweep.",
+        epilog=methods_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     sweep.add_argument("--levels", required=True, metavar="L1,L2,...",
                        help="energy levels L0, comma-separated (e.g. 0.1,0.05,0.02)")
     sweep.add_argument("--pairs", type=int, default=4, metavar="N", help="pairs per level (default: 4)")
-    _add_config_flags(sweep, skip=("threshold",), helps={"seed": "base seed; pair j's seed is derived from it"})
+    add_run_flags(sweep, method, skip=("threshold",), helps={"seed": "base seed; pair j's seed is derived from it"})
     sweep.add_argument("--workers", type=int, default=1, metavar="K",
                        help="pairs run at once: 1 runs in this process, K > 1 a local process pool (default: 1)")
     sweep.add_argument("--executor", choices=[k.value for k in ExecutorKind], default="local",
@@ -106,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--quiet", action="store_true", help="no progress lines")
     data = sub.add_parser("data", help="list, check or fetch the datasets of the real tasks")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    data_sub.add_parser("list", help="the known datasets and their files")
+    listing = data_sub.add_parser("list", help="the known datasets, their files and whether the data directory "
+                                  "holds them")
+    _add_data_dir(listing)
     check = data_sub.add_parser("check", help="verify the files of datasets in the data directory (SHA-256)")
     check.add_argument("names", nargs="*", metavar="NAME", help="datasets to check (default: every one present)")
     _add_data_dir(check)
@@ -135,23 +123,33 @@ def format_summary(result: dict[str, Any], where: str | None = None) -> str:
     """A human-readable block for a result record."""
     energy = result.get("energy", {})
     verdict = "yes" if result["connected"] else f"NO ({result['reason']})"
+    pieces = ", ".join(result.get("piece_kinds") or ["straight"])
+    beads = f"{result['n_beads']} intermediate, {result.get('n_pieces', result['n_beads'] + 1)} piece(s) ({pieces})"
+    if result.get("depth") is not None:
+        beads += f", depth {result['depth']}"
+    if result.get("beads_trained") is not None:
+        beads += f", {result['beads_trained']} trained"
     lines = [
         f"task               {result.get('task', '?')}: L0 = {_fmt(result['threshold'])} "
         f"({energy.get('split', '?')} {energy.get('metric', 'energy')}), tolerance {_fmt(result['tolerance'])}",
+        f"method             {result.get('method', 'greedy_dss')}",
         f"connected          {verdict}: {result['message']}",
-        f"beads              {result['n_beads']} intermediate, depth {result['depth']}, "
-        f"{result['beads_trained']} trained",
-        f"normalized length  {_fmt(result['normalized_length'])} (path {_fmt(result['path_length'])} / "
-        f"distance {_fmt(result['distance'])})",
-        f"max energy (grid)  {_fmt(result['max_interpolated_energy'])} on a {result['grid_size']}-point grid "
-        f"per segment",
+        f"beads              {beads}",
     ]
+    if result["connected"]:
+        lines.append(f"normalized length  {_fmt(result['normalized_length'])} (path {_fmt(result['path_length'])} / "
+                     f"distance {_fmt(result['distance'])})")
+    else:
+        lines.append(f"normalized length  n/a: not connected (distance {_fmt(result['distance'])})")
+    if result.get("grid_size") is not None:
+        lines.append(f"max energy (grid)  {_fmt(result.get('max_interpolated_energy'))} on a {result['grid_size']}-point "
+                     "grid per segment")
     if result.get("certified_max_energy") is not None:
         lines.append(
-            f"certified max      {_fmt(result['certified_max_energy'])} "
-            f"({'within' if result['certified'] else 'ABOVE'} tolerance x L0) at resolution "
+            f"sampled max        {_fmt(result['certified_max_energy'])} "
+            f"({'within' if result['certified'] else 'ABOVE'} tolerance x L0) by refined sampling at resolution "
             f"{_fmt(result['certification_resolution'], '.2g')} in t, "
-            f"{_fmt(result['certification_param_resolution'], '.2g')} in parameter distance")
+            f"{_fmt(result['certification_param_resolution'], '.2g')} in parameter distance (not a proof)")
     lines += [
         "endpoint energies  " + ", ".join(_fmt(e) for e in result["endpoint_energies"]),
         f"wall time          {_fmt(result['wall_time_s'], '.1f')} s",
@@ -171,7 +169,7 @@ class _Progress:
 
 
 def _connect(args: argparse.Namespace) -> int:
-    config = _config_from(args)
+    config = run_config_from(args)
     try:
         result = run_connect(config, args.out, progress=_Progress(args.quiet))
     except KeyboardInterrupt:
@@ -209,8 +207,8 @@ def format_table(table: dict[str, Any]) -> str:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    config = SweepConfig(base=_config_from(args, threshold=None), levels=parse_levels(args.levels), pairs=args.pairs,
-                         seed=args.seed)
+    config = SweepConfig(base=run_config_from(args, threshold=None), levels=parse_levels(args.levels), pairs=args.pairs,
+                         seed=getattr(args, "seed", 0))
     progress = _Progress(args.quiet)
     try:
         with make_executor(args.executor, args.workers, address=args.address, threads=args.threads) as executor:
@@ -254,8 +252,12 @@ def _data(args: argparse.Namespace) -> int:
     from .tasks import datasets
 
     if args.data_command == "list":
+        root = None
+        if args.data_dir is not None or os.environ.get(datasets.DATA_ENV_VAR):
+            root = datasets.resolve_data_dir(args.data_dir)
         for name, files in datasets.known_datasets().items():
-            print(f"{name:16s} {', '.join(files)}")
+            here = "" if root is None else ("  [present]" if (root / name).is_dir() else "  [absent]")
+            print(f"{name:16s} {', '.join(files)}{here}")
         return 0
     if args.data_command == "fetch":
         def show(rel: str, done: int, total: int | None) -> None:
@@ -283,13 +285,19 @@ _COMMANDS = {"connect": _connect, "sweep": _sweep, "plot": _plot, "show": _show,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = join_negative_values(sys.argv[1:] if argv is None else argv)
+    args = build_parser(method_from_argv(argv)).parse_args(argv)
     try:
         _use_data_dir(args)
         return _COMMANDS[args.command](args)
     except ModeconnectError as exc:
         print(f"modeconnect: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (`modeconnect show DIR --json | head`): stop quietly, as `cat` would
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,8 @@
-"""``connect``: the library entry point. Two models in, a certified Path out.
+"""``connect``: the library entry point. Two models in, a path from any registered method, certified, out.
+
+The steps every method shares live here, outside the methods: the endpoints are checked (same
+architecture, finite energies at or below the threshold), the method makes a path, and the path is
+certified. A method only makes the path.
 
 >>> import torch
 >>> from modeconnect import Energy, Objective, connect
@@ -8,99 +12,144 @@
 >>> with torch.no_grad():
 ...     _ = a.weight.fill_(2.1), a.bias.fill_(0.95), b.weight.fill_(1.9), b.bias.fill_(1.05)
 >>> result = connect(a, b, Energy(a, x, y, "mse"), threshold=0.05, objective=Objective(x, y, "mse"))
->>> result.connected, result.path.n_beads, result.path.normalized_length
-(True, 0, 1.0)
+>>> result.connected, result.method, result.path.n_beads, result.path.normalized_length
+(True, 'greedy_dss', 0, 1.0)
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor, nn
 
-from .certify import Certificate, certify
+from .certify import Certificate, CertifyConfig, certify
 from .energy import Energy
-from .errors import ConfigError
+from .errors import ConfigError, ThresholdError
+from .methods import DEFAULT_METHOD, get_method
+from .methods.base import Checkpoint, Outcome, Progress
 from .params import Point, check_compatible, point_from_module
 from .path import Path
-from .strings.greedy import DSSConfig, DSSState, DSSStatus, greedy_dss
+from .settings import apply_overrides, to_dict
 from .train import Objective
 
-__all__ = ["Connection", "connect", "connect_path", "summarize"]
+__all__ = ["Connection", "connect", "connect_path", "check_endpoints", "summarize", "method_config"]
 
 
 @dataclass
 class Connection:
-    """A path found between two models, how the search ended, and its certificate."""
+    """A path found between two models, how the method ended, and the path's certificate."""
 
     path: Path
-    status: DSSStatus
+    outcome: Outcome
     certificate: Certificate | None
-    config: DSSConfig
+    method: str
+    config: Any
+    """The method's config."""
+    threshold: float
+    endpoint_energies: list[float] = field(default_factory=list)
     certification_time_s: float = 0.0
 
     @property
     def connected(self) -> bool:
-        return self.status.connected
+        return self.outcome.connected
 
     @property
     def wall_time_s(self) -> float:
-        """Time spent connecting (summed over resumed sessions) and certifying."""
-        return self.status.elapsed_s + self.certification_time_s
+        """Time spent by the method (summed over resumed sessions) and certifying."""
+        return self.outcome.elapsed_s + self.certification_time_s
 
     def summary(self) -> dict[str, Any]:
-        return summarize(self.path, self.status, self.certificate, self.config, self.wall_time_s)
+        return summarize(self)
 
 
-def summarize(path: Path, status: DSSStatus, certificate: Certificate | None, config: DSSConfig,
-              wall_time_s: float) -> dict[str, Any]:
+def summarize(connection: Connection) -> dict[str, Any]:
     """The flat result record written to ``result.json`` and printed by the CLI."""
-    accept = config.tolerance * config.threshold
+    path, outcome, cert, cfg = connection.path, connection.outcome, connection.certificate, connection.config
+    tolerance = getattr(cfg, "tolerance", 1.0)
     out = {
-        "connected": status.connected,
-        "reason": status.reason.value,
-        "message": status.message,
-        "threshold": config.threshold,
-        "tolerance": config.tolerance,
-        "alpha": config.alpha,
+        "method": connection.method,
+        "method_config": to_dict(cfg),
+        "connected": outcome.connected,
+        "reason": outcome.reason,
+        "message": outcome.message,
+        "threshold": connection.threshold,
+        "tolerance": tolerance,
         "normalized_length": path.normalized_length,
         "path_length": path.length,
         "distance": path.chord,
         "n_beads": path.n_beads,
-        "depth": path.depth,
-        "beads_trained": status.beads_trained,
-        "max_interpolated_energy": path.max_interpolated_energy,
-        "worst_segment": status.worst_segment,
-        "grid_size": config.grid_size,
-        "endpoint_energies": list(status.endpoint_energies),
-        "wall_time_s": wall_time_s,
+        "n_pieces": path.n_pieces,
+        "piece_kinds": sorted({p.kind for p in path.pieces}),
+        "worst_barrier": outcome.worst_barrier,
+        "worst_segment": outcome.worst_segment,
+        "endpoint_energies": list(connection.endpoint_energies),
+        "method_time_s": outcome.elapsed_s,
+        "certification_time_s": connection.certification_time_s,
+        "wall_time_s": connection.wall_time_s,
+        **outcome.extras,
+        "certificate": None,
         "certified": None,
         "certified_max_energy": None,
+        "certification_kind": None,
         "certification_resolution": None,
         "certification_param_resolution": None,
         "certified_max_location": None,
     }
-    if certificate is not None:
+    if cert is not None:
         out.update({
-            "certified": certificate.max_energy <= accept,
-            "certified_max_energy": certificate.max_energy,
-            "certification_resolution": certificate.resolution,
-            "certification_param_resolution": certificate.param_resolution,
-            "certified_max_location": {"segment": certificate.segment, "t": certificate.t},
+            "certificate": cert.to_dict(),
+            "certified": cert.certified,
+            "certified_max_energy": cert.max_energy,
+            "certification_kind": cert.kind,
+            "certification_resolution": cert.resolution,
+            "certification_param_resolution": cert.param_resolution,
+            "certified_max_location": {"segment": cert.segment, "t": cert.t},
         })
     return out
 
 
 def _as_point(model: nn.Module | Mapping[str, Tensor], name: str, energy: Energy) -> Point:
     if isinstance(model, nn.Module):
-        # its parameters, plus BatchNorm statistics where the energy's policy carries them in points
-        return point_from_module(model, energy.batchnorm)
+        return energy.point_of(model)  # parameters, plus whatever state the energy's policy carries in points
     if isinstance(model, Mapping):
         return {k: v.detach().clone() for k, v in model.items()}
     raise ConfigError(f"{name} must be an nn.Module or a dict of parameter tensors, got {type(model).__name__}")
+
+
+def check_endpoints(path: Path, energy: Energy, threshold: float) -> list[float]:
+    """Energies of both endpoints; raise if either does not fit the model, is non-finite or is above the threshold."""
+    out = []
+    for name, bead in (("endpoint A", path.beads[0]), ("endpoint B", path.beads[-1])):
+        energy.check_point(bead, name)
+        value = energy.require_finite(energy(bead), name)
+        if value > threshold:
+            raise ThresholdError(
+                f"{name} has energy {value:.6g}, above the threshold {threshold:.6g}: a path inside the level set "
+                "cannot start there; train the endpoint further or raise the threshold"
+            )
+        out.append(value)
+    return out
+
+
+def method_config(method: str, config: Any = None, **settings: Any) -> Any:
+    """The config of ``method``: ``config`` (or the method's defaults) with keyword ``settings`` applied."""
+    cls = get_method(method)
+    if config is None:
+        config = cls.Config()
+    elif not isinstance(config, cls.Config):
+        raise ConfigError(f"config for method {method!r} must be a {cls.Config.__name__}, got {type(config).__name__}")
+    return apply_overrides(config, settings) if settings else config
+
+
+def _check_threshold(threshold: Any) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
+            math.isfinite(threshold) and threshold > 0):
+        raise ConfigError(f"threshold must be a positive finite number, got {threshold!r}")
+    return float(threshold)
 
 
 def connect(
@@ -109,11 +158,12 @@ def connect(
     energy: Energy,
     *,
     threshold: float,
-    objective: Objective,
-    config: DSSConfig | None = None,
+    method: str = DEFAULT_METHOD,
+    config: Any = None,
+    objective: Objective | None = None,
     certify_path: bool = True,
-    resolution: float = 1e-3,
-    progress: Callable[[str], None] | None = None,
+    certification: CertifyConfig | None = None,
+    progress: Progress | None = None,
     **settings: Any,
 ) -> Connection:
     """Connect two models of one architecture inside the level set ``energy <= threshold``.
@@ -122,50 +172,58 @@ def connect(
         model_a, model_b: the endpoints (modules or parameter dicts); never modified.
         energy: what the threshold applies to (see :class:`~modeconnect.energy.Energy`).
         threshold: L0. Both endpoints must already be at or below it.
-        objective: the training loss used to train new beads (usually on training data).
-        config: a full :class:`DSSConfig`; or give its fields as keyword ``settings``
-            (``alpha=0.5, tstar="midpoint", max_beads=20, ...``).
-        certify_path: re-check the final path on an adaptively refined grid.
-        resolution: certification resolution in segment units t.
-        progress: called with a line of text at every DSS step.
+        method: a name in :data:`modeconnect.methods.METHODS` (default ``greedy_dss``).
+        config: the method's full ``Config``; or give its fields as keyword ``settings``
+            (``alpha=0.5, tstar="midpoint", max_beads=20, ...`` for greedy DSS).
+        objective: the training loss used by methods that train points (usually on training data).
+        certify_path: re-check the final path by refined sampling (see :func:`~modeconnect.certify.certify`).
+        certification: the certification settings (default :class:`CertifyConfig`).
+        progress: called with a line of text at every step of the method.
     """
-    if config is None:
-        try:
-            config = DSSConfig(threshold=threshold, **settings)
-        except TypeError as exc:
-            raise ConfigError(f"unknown DSS setting: {exc}") from None
-    elif settings or config.threshold != threshold:
-        config = replace(config, threshold=threshold, **settings)
+    threshold = _check_threshold(threshold)
+    config = method_config(method, config, **settings)
     a, b = _as_point(model_a, "model_a", energy), _as_point(model_b, "model_b", energy)
     check_compatible(a, b, "model_a", "model_b")
-    energy.check_point(a, "model_a")
-    return connect_path(Path([a, b]), energy, objective, config, certify_path=certify_path, resolution=resolution,
+    return connect_path(Path([a, b]), energy, threshold=threshold, method=method, config=config,
+                        objective=objective, certify_path=certify_path, certification=certification,
                         progress=progress)
 
 
 def connect_path(
     path: Path,
     energy: Energy,
-    objective: Objective,
-    config: DSSConfig,
     *,
-    state: DSSState | None = None,
-    checkpoint: Callable[[Path, DSSState], None] | None = None,
+    threshold: float,
+    method: str = DEFAULT_METHOD,
+    config: Any = None,
+    objective: Objective | None = None,
+    state: Any = None,
+    checkpoint: Checkpoint | None = None,
     certify_path: bool = True,
-    resolution: float = 1e-3,
-    progress: Callable[[str], None] | None = None,
+    certification: CertifyConfig | None = None,
+    progress: Progress | None = None,
 ) -> Connection:
-    """Run greedy DSS on ``path`` (two endpoints, or a saved string with its ``state`` to resume), then certify.
+    """Check the endpoints of ``path``, run ``method`` on it (from ``state`` to resume), then certify.
 
-    ``checkpoint(path, state)`` runs after every new bead and at the end (see
-    :func:`~modeconnect.strings.greedy.greedy_dss`).
+    ``checkpoint(path, state)`` is handed to the method, which calls it whenever its state is worth saving.
     """
-    path, status = greedy_dss(path, energy, objective, config, state=state, checkpoint=checkpoint,
-                              progress=progress)
+    threshold = _check_threshold(threshold)
+    cls = get_method(method)
+    config = method_config(method, config)
+    endpoint_energies = check_endpoints(path, energy, threshold)
+    if cls.trains and objective is None:
+        raise ConfigError(f"method {method!r} trains points: pass objective=Objective(inputs, targets, loss)")
+    path, outcome = cls().run(path, energy, threshold=threshold, config=config, objective=objective, state=state,
+                              checkpoint=checkpoint, progress=progress)
+    connection = Connection(path, outcome, None, method, config, threshold, endpoint_energies)
     if not certify_path:
-        return Connection(path, status, None, config)
+        return connection
+    certification = certification or CertifyConfig()
     if progress is not None:
-        progress(f"certifying {len(path.segments)} segment(s) at resolution {resolution:g}")
+        progress(f"certifying {path.n_pieces} piece(s) by refined sampling at resolution "
+                 f"{certification.resolution:g}")
     start = time.perf_counter()
-    certificate = certify(path, energy, resolution=resolution)
-    return Connection(path, status, certificate, config, time.perf_counter() - start)
+    connection.certificate = certify(path, energy, certification, threshold=threshold,
+                                     tolerance=getattr(config, "tolerance", 1.0))
+    connection.certification_time_s = time.perf_counter() - start
+    return connection

@@ -11,7 +11,8 @@ The value of a batch of points is ``metric.finalize(sum / count)``: the metric i
 evaluation data in sample batches, divided by its unit count (samples, or labels/tokens for
 classification and language models) and then transformed (``exp`` for perplexity). Models with
 BatchNorm running statistics need a :class:`~modeconnect.batchnorm.BatchNormPolicy` (``batchnorm=``),
-recorded by :meth:`Energy.describe`.
+recorded by :meth:`Energy.describe`. Every other buffer is read from the point (``buffer:`` keys), never
+from the energy's own copy of the model, which only supplies the architecture.
 
 >>> import torch
 >>> net = torch.nn.Linear(1, 1)
@@ -41,11 +42,12 @@ from .batchnorm import (
     batch_statistics_mode,
     batchnorm_layers,
     fresh_statistics,
+    plain_buffer_names,
     recompute_statistics,
     split_point,
     statistic_names,
 )
-from .errors import ConfigError, NonFiniteEnergyError
+from .errors import ConfigError, NonFiniteEnergyError, UnsupportedModelError
 from .metrics import Metric, as_metric, metric_count, metric_sum
 from .params import check_compatible, check_supported_module, interpolate, interpolate_many, point_from_module
 
@@ -134,10 +136,15 @@ class Energy:
             raise ConfigError(f"inputs have {len(inputs)} samples but targets have {len(targets)}")
         if len(inputs) == 0:
             raise ConfigError("the evaluation data is empty")
-        self.model = copy.deepcopy(model).eval()
+        try:
+            self.model = copy.deepcopy(model).eval()
+        except RuntimeError as exc:  # e.g. a module attribute holding a tensor computed with gradients
+            raise UnsupportedModelError(f"the model cannot be copied ({exc}); the energy needs its own copy of "
+                                        "the architecture") from exc
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.has_batchnorm = bool(batchnorm_layers(self.model))
+        self._statistic_names = set(statistic_names(self.model))
         self.batchnorm = as_policy(batchnorm) if self.has_batchnorm else None
         self._setup_batchnorm(bn_batches, bn_statistics, bn_source)
         self.inputs, self.targets = inputs, targets
@@ -194,6 +201,7 @@ class Energy:
             "unit": self.metric.unit,
             "n_units": metric_count(self.metric, self.targets),
             "batchnorm": self.describe_batchnorm(),
+            **({"buffers": names} if (names := plain_buffer_names(self.model)) else {}),
             "strategy": self.strategy.value,
             "chosen_strategy": None if self.chosen_strategy is None else self.chosen_strategy.value,
             "chunk_size": self.chunk_size,
@@ -217,7 +225,8 @@ class Energy:
         return out
 
     def point_of(self, module: nn.Module) -> dict[str, Tensor]:
-        """A module's point as this energy expects it (with its statistics under the INTERPOLATE policy)."""
+        """A module's point as this energy expects it (its buffers, with BatchNorm statistics only under the
+        INTERPOLATE policy)."""
         point = point_from_module(module, self.batchnorm)
         self.check_point(point, f"the point of {type(module).__name__}")
         return point
@@ -226,29 +235,30 @@ class Energy:
         """The BatchNorm statistics used at ``point`` under this energy's policy, keyed by buffer name."""
         if not self.has_batchnorm:
             return {}
-        params, stats = split_point(point)
+        params, buffers = split_point(point)
         if self.batchnorm is BatchNormPolicy.RECOMPUTE:
             ref = next(iter(params.values()))
             batches = [data_like(x, x, ref)[0] for x in self.bn_batches]
-            return recompute_statistics(self.model, params, batches)
+            return recompute_statistics(self.model, {**params, **buffers}, batches)
         if self.batchnorm is BatchNormPolicy.FREEZE:
             ref = next(iter(params.values()))
             return {k: v.to(ref.device, ref.dtype) for k, v in self.bn_statistics.items()}
-        return stats
+        return {k: v for k, v in buffers.items() if k in self._statistic_names}
 
     def train_forward(self, point: Mapping[str, Tensor], inputs: Tensor) -> Tensor:
         """Model outputs for training: BatchNorm layers (if any) normalise with batch statistics.
 
         Under INTERPOLATE the point's own statistics (``buffer:`` keys) are updated in place with the layers'
-        running average, as ordinary training would; otherwise scratch buffers are used and discarded. For
-        a model without BatchNorm statistics this is ``functional_call(model, point, (inputs,))``.
+        running average, as ordinary training would; otherwise scratch buffers are used and discarded. The
+        point's other buffers are used as they are. For a model without BatchNorm statistics this is the
+        eval-mode ``functional_call`` of the point.
         """
+        params, buffers = split_point(point)
         if not self.has_batchnorm:
-            return functional_call(self.model, dict(point), (inputs,))
-        params, stats = split_point(point)
+            return functional_call(self.model, {**params, **buffers}, (inputs,))
         scratch = fresh_statistics(self.model, next(iter(params.values())))
         with batch_statistics_mode(self.model):
-            return functional_call(self.model, {**params, **scratch, **stats}, (inputs,))
+            return functional_call(self.model, {**params, **scratch, **buffers}, (inputs,))
 
     # -- evaluation --------------------------------------------------------------------------
     def __call__(self, point: Mapping[str, Tensor]) -> float:
@@ -301,24 +311,23 @@ class Energy:
         return [(x[s : s + step], y[s : s + step]) for s in range(0, len(x), step)], metric_count(self.metric, y)
 
     def _call_params(self, point: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Parameters plus BatchNorm statistics (by buffer name) for ``functional_call`` at one point."""
-        if not self.has_batchnorm:
-            return dict(point)
-        params, _ = split_point(point)
-        return {**params, **self.statistics_at(point)}
+        """Parameters, the point's buffers and BatchNorm statistics (by name) for ``functional_call`` at one
+        point. Every buffer comes from the point or the policy, none from the template model."""
+        params, buffers = split_point(point)
+        return {**params, **buffers, **self.statistics_at(point)}
 
     def _call_params_batched(self, chunk: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """:meth:`_call_params` for a chunk of points (leading point dimension), for ``vmap``."""
         if not self.has_batchnorm or self.batchnorm is BatchNormPolicy.INTERPOLATE:
             return self._call_params(chunk)
-        params, _ = split_point(chunk)
+        params, buffers = split_point(chunk)
         n = next(iter(params.values())).shape[0]
         if self.batchnorm is BatchNormPolicy.FREEZE:
             stats = {k: v.unsqueeze(0).expand(n, *v.shape) for k, v in self.statistics_at(chunk).items()}
         else:
-            per_point = [self.statistics_at({k: v[i] for k, v in params.items()}) for i in range(n)]
+            per_point = [self.statistics_at({k: v[i] for k, v in chunk.items()}) for i in range(n)]
             stats = {k: torch.stack([s[k] for s in per_point]) for k in per_point[0]}
-        return {**params, **stats}
+        return {**params, **buffers, **stats}
 
     def _one(self, point: Mapping[str, Tensor]) -> Tensor:
         batches, n = self._sample_batches(next(iter(point.values())))

@@ -41,14 +41,13 @@ def run_picture(directory: str | FsPath, progress: Callable[[str], None] | None 
         raise StoreError(f"{root} is neither a sweep nor a run directory with a saved path; "
                          "point `modeconnect plot` at the --out directory of a connect or sweep command")
     stored = read_json(root / CONFIG)["config"]
-    config = ConnectRunConfig(**stored["run"])
-    task, dss, _ = config.build()
-    path = Path.load(root / PATH_DIR, like=task.energy.template)
-    births = path.metadata.get("dss_state", {}).get("bead_births")
-    say(f"evaluating the energy along {len(path.segments)} segment(s) and up to {MAX_STAGES} string states "
-        f"({POINTS_PER_SEGMENT} points per segment)")
-    picture = string_picture(path, task.energy, births, points_per_segment=POINTS_PER_SEGMENT,
-                             max_stages=MAX_STAGES, threshold=dss.threshold)
+    run = ConnectRunConfig.from_dict(stored["run"]).resolve()
+    path = Path.load(root / PATH_DIR, like=run.task.energy.template)
+    births = path.metadata.get("method_state", {}).get("state", {}).get("bead_births")
+    say(f"evaluating the energy along {path.n_pieces} piece(s) and up to {MAX_STAGES} string states "
+        f"({POINTS_PER_SEGMENT} points per piece)")
+    picture = string_picture(path, run.task.energy, births, points_per_segment=POINTS_PER_SEGMENT,
+                             max_stages=MAX_STAGES, threshold=run.threshold)
     if finished:
         write_json(cache, picture)
     return picture

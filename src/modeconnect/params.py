@@ -1,6 +1,8 @@
 """Parameter points: a model's parameters as ``dict[str, Tensor]``.
 
-A *point* is keyed by ``named_parameters()`` names. A flat vector view is a
+A *point* is keyed by ``named_parameters()`` names, plus ``buffer:<name>`` keys for the model's buffers
+(see :mod:`modeconnect.batchnorm`): buffers shape the model's function, so a point that left them out
+would be evaluated with somebody else's. Distances skip buffers. A flat vector view is a
 derived convenience (:func:`flatten` / :func:`unflatten`). Interpolation uses
 the convention ``interpolate(a, b, 0) == a`` and ``interpolate(a, b, 1) == b``.
 
@@ -22,8 +24,19 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.spectral_norm import SpectralNorm as HookSpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm as HookWeightNorm
 
-from .batchnorm import BatchNormPolicy, as_policy, batchnorm_layers, is_buffer_key, split_point, statistics_point
+from .batchnorm import (
+    BatchNormPolicy,
+    as_policy,
+    batchnorm_layers,
+    is_buffer_key,
+    plain_buffers_point,
+    split_point,
+    statistic_names,
+    statistics_point,
+)
 from .errors import ArchitectureMismatch, ConfigError, UnsupportedModelError
 
 Point = dict[str, Tensor]
@@ -45,9 +58,16 @@ __all__ = [
 
 
 def check_supported_module(module: nn.Module, batchnorm: str | BatchNormPolicy | None = None) -> None:
-    """Refuse a module with BatchNorm running statistics unless a :class:`~modeconnect.batchnorm.BatchNormPolicy`
-    says what those statistics are along a path (they depend on the parameters, so interpolating the
-    parameters alone leaves them meaningless)."""
+    """Refuse a module whose function a point cannot describe faithfully.
+
+    That is: a module without data (``meta`` tensors); a module with a hook-based reparametrization, whose
+    weight is an attribute rewritten by a forward pre-hook rather than a function of the point (it breaks
+    copying the model and leaks tensors out of batched evaluation); and a module with BatchNorm running
+    statistics unless a :class:`~modeconnect.batchnorm.BatchNormPolicy` says what those statistics are along
+    a path (they depend on the parameters, so interpolating the parameters alone leaves them meaningless).
+    """
+    _check_materialised(module)
+    _check_no_hook_reparametrization(module)
     if as_policy(batchnorm) is not None:
         return
     layers = batchnorm_layers(module)
@@ -62,12 +82,45 @@ def check_supported_module(module: nn.Module, batchnorm: str | BatchNormPolicy |
         )
 
 
-def point_from_module(module: nn.Module, batchnorm: str | BatchNormPolicy | None = None) -> Point:
-    """Copy a module's parameters into a new point (detached clones; the module is untouched).
+def _check_materialised(module: nn.Module) -> None:
+    tensors = [*module.named_parameters(), *module.named_buffers()]
+    meta = [name for name, t in tensors if t.is_meta]
+    if meta:
+        shown = ", ".join(meta[:3]) + (f" and {len(meta) - 3} more" if len(meta) > 3 else "")
+        raise UnsupportedModelError(
+            f"{type(module).__name__} has no data: its tensors ({shown}) are on the 'meta' device, which "
+            "records shapes only; materialise the model first, e.g. model.to_empty(device='cpu') and then "
+            "model.load_state_dict(trained_weights)"
+        )
 
-    For a model with BatchNorm running statistics a ``batchnorm`` policy is required: with
-    ``"interpolate"`` the statistics are added under ``buffer:<name>`` keys; with ``"recompute"`` or
-    ``"freeze"`` the point holds parameters only. Models without such layers ignore ``batchnorm``.
+
+def _check_no_hook_reparametrization(module: nn.Module) -> None:
+    # the hook objects are only reachable through the private hook dictionary; torch has no public listing
+    for name, sub in module.named_modules():
+        for hook in sub._forward_pre_hooks.values():
+            if isinstance(hook, HookSpectralNorm):
+                kind, fix = "spectral_norm", "remove_spectral_norm"
+            elif isinstance(hook, HookWeightNorm):
+                kind, fix = "weight_norm", "remove_weight_norm"
+            else:
+                continue
+            raise UnsupportedModelError(
+                f"layer {name or '<root>'!r} ({type(sub).__name__}) uses the hook-based torch.nn.utils.{kind} on "
+                f"{hook.name!r}: that weight is a plain attribute rewritten by a forward pre-hook, so it cannot be "
+                f"evaluated at many parameter points; use torch.nn.utils.parametrizations.{kind} instead (its state "
+                f"is ordinary parameters and buffers), or fold it into the weight with torch.nn.utils.{fix}(layer) "
+                "(same function, plain weights)"
+            )
+
+
+def point_from_module(module: nn.Module, batchnorm: str | BatchNormPolicy | None = None) -> Point:
+    """Copy a module's parameters and buffers into a new point (detached clones; the module is untouched).
+
+    Buffers that are not BatchNorm statistics are always added under ``buffer:<name>`` keys (they are part
+    of the function and no policy recomputes them). For a model with BatchNorm running statistics a
+    ``batchnorm`` policy is required: with ``"interpolate"`` the statistics are added under ``buffer:``
+    keys too; with ``"recompute"`` or ``"freeze"`` the point leaves them out. Models without such layers
+    ignore ``batchnorm``.
 
     >>> import torch
     >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
@@ -78,6 +131,7 @@ def point_from_module(module: nn.Module, batchnorm: str | BatchNormPolicy | None
     point = {name: p.detach().clone() for name, p in module.named_parameters()}
     if not point:
         raise ArchitectureMismatch(f"{type(module).__name__} has no parameters: there is nothing to connect")
+    point.update(plain_buffers_point(module))
     if as_policy(batchnorm) is BatchNormPolicy.INTERPOLATE:
         point.update(statistics_point(module))
     return point
@@ -86,19 +140,19 @@ def point_from_module(module: nn.Module, batchnorm: str | BatchNormPolicy | None
 def load_point_into(module: nn.Module, point: Mapping[str, Tensor]) -> nn.Module:
     """Write a point into ``module`` in place (for exporting a bead as a model).
 
-    BatchNorm statistics the point carries (``buffer:`` keys) are written into the module's buffers. A
-    parameters-only point of a BatchNorm model leaves the module's statistics as they are: set them with
+    The buffers the point carries (``buffer:`` keys) are written into the module's buffers. A point of a
+    BatchNorm model without its statistics leaves the module's statistics as they are: set them with
     ``Energy.statistics_at(point)`` first when the energy recomputes them.
     """
-    params, stats = split_point(point)
-    policy = BatchNormPolicy.INTERPOLATE if stats else BatchNormPolicy.RECOMPUTE
+    params, buffers = split_point(point)
+    policy = BatchNormPolicy.INTERPOLATE if set(buffers) & set(statistic_names(module)) else BatchNormPolicy.RECOMPUTE
     check_compatible(point_from_module(module, batchnorm=policy), point, "module", "point")
-    buffers = dict(module.named_buffers())
+    own = dict(module.named_buffers())
     with torch.no_grad():
         for name, p in module.named_parameters():
             p.copy_(params[name])
-        for name, value in stats.items():
-            buffers[name].copy_(value)
+        for name, value in buffers.items():
+            own[name].copy_(value)
     return module
 
 
@@ -117,11 +171,15 @@ def check_compatible(a: Mapping[str, Tensor], b: Mapping[str, Tensor], name_a: s
                 problems.append(f"{k}: shape {tuple(a[k].shape)} in {name_a} vs {tuple(b[k].shape)} in {name_b}")
             elif a[k].dtype != b[k].dtype:
                 problems.append(f"{k}: dtype {a[k].dtype} in {name_a} vs {b[k].dtype} in {name_b}")
+    hint = ""
+    if (only_a or only_b) and all(is_buffer_key(k) for k in only_a + only_b):
+        hint = ("; points of a model with buffers carry them under 'buffer:' keys: build both with "
+                "point_from_module(model, batchnorm=...) or Energy.point_of(model)")
     if problems:
         raise ArchitectureMismatch(
             f"{name_a} and {name_b} do not have the same architecture ("
             + "; ".join(problems)
-            + "): both must come from the same model class with the same sizes"
+            + "): both must come from the same model class with the same sizes" + hint
         )
 
 
@@ -142,9 +200,21 @@ def unflatten(vector: Tensor, like: Mapping[str, Tensor]) -> Point:
     return out
 
 
+def _lerp(a: Tensor, b: Tensor, weight: float | Tensor) -> Tensor:
+    """``torch.lerp`` for floating tensors; integer and boolean tensors (counters, indices, masks) are
+    interpolated in float64 and rounded, so they keep their dtype, equal values stay as they are and
+    ``weight`` 0 and 1 give exactly ``a`` and ``b``."""
+    if a.is_floating_point() or a.is_complex():
+        return torch.lerp(a, b, weight)
+    weight = torch.as_tensor(weight, dtype=torch.float64, device=a.device)
+    mixed = torch.lerp(a.double(), b.double(), weight).round().to(a.dtype)
+    mixed = torch.where(weight == 0, a, torch.where(weight == 1, b, mixed))
+    return torch.where(a == b, a, mixed)
+
+
 def interpolate(a: Mapping[str, Tensor], b: Mapping[str, Tensor], t: float) -> Point:
-    """The point ``(1 - t) * a + t * b``."""
-    return {k: torch.lerp(a[k], b[k], float(t)) for k in a}
+    """The point ``(1 - t) * a + t * b`` (integer buffers rounded: see :func:`_lerp`)."""
+    return {k: _lerp(a[k], b[k], float(t)) for k in a}
 
 
 def interpolate_many(a: Mapping[str, Tensor], b: Mapping[str, Tensor], ts: Sequence[float] | Tensor) -> Point:
@@ -158,15 +228,16 @@ def interpolate_many(a: Mapping[str, Tensor], b: Mapping[str, Tensor], ts: Seque
     out = {}
     for k in a:
         shape = (-1,) + (1,) * a[k].ndim
-        weight = ts.to(a[k].dtype).view(shape)
-        out[k] = torch.lerp(a[k].unsqueeze(0), b[k].unsqueeze(0), weight)
+        exact = a[k].is_floating_point() or a[k].is_complex()
+        weight = ts.to(a[k].dtype if exact else torch.float64).view(shape)
+        out[k] = _lerp(a[k].unsqueeze(0), b[k].unsqueeze(0), weight)
     return out
 
 
 def distance(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
     """Euclidean distance over all parameters, accumulated in float64.
 
-    BatchNorm statistics a point may carry (``buffer:`` keys) are not parameters and do not count.
+    Buffers a point may carry (``buffer:`` keys) are not parameters and do not count.
     """
     total = 0.0
     for k in a:

@@ -174,8 +174,15 @@ def string_picture(
 
     def segment(i: int, j: int) -> dict[str, Any]:
         if (i, j) not in cache:
-            values = energy.along_segment(path.beads[i], path.beads[j], ts).to(torch.float64)
-            points = torch.lerp(coords[i].unsqueeze(0), coords[j].unsqueeze(0), ts.unsqueeze(1))
+            if j == i + 1 and path.pieces[i].kind != "straight":  # a curve: project its own points
+                values = path.energies(i, ts, energy)
+                along = path.points(i, ts)
+                flat = torch.cat([along[k].reshape(len(ts), -1).to(torch.float64)
+                                  for k in path.beads[0] if not is_buffer_key(k)], dim=1)
+                points = (flat - mean) @ axes.T
+            else:
+                values = energy.along_segment(path.beads[i], path.beads[j], ts).to(torch.float64)
+                points = torch.lerp(coords[i].unsqueeze(0), coords[j].unsqueeze(0), ts.unsqueeze(1))
             cache[(i, j)] = {"t": ts.tolist(), "coords": points.tolist(),
                              "energies": [_json_energy(float(v)) for v in values]}
         return cache[(i, j)]

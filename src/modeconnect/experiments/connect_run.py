@@ -1,114 +1,141 @@
-"""The ``connect`` experiment: train two endpoints of a task, connect them with greedy DSS, certify, store.
+"""The ``connect`` experiment: train two endpoints of a task, connect them with a path method, certify, store.
 
-A run is a pure function of its :class:`ConnectRunConfig`. With an output
-directory it is resumable: the endpoints are saved as soon as each is trained,
-the string after every new bead, and ``result.json`` last; re-running the same
-config continues from the last saved state and ends with the same numbers.
+A run is a pure function of its :class:`ConnectRunConfig`. With an output directory it is resumable:
+the endpoints are saved as soon as each is trained, the path and the method's state whenever the
+method checkpoints, and ``result.json`` last; re-running the same config continues from the last saved
+state and ends with the same numbers.
+
+The settings schema is nested and declared once: the method's own ``Config`` (greedy DSS's alpha,
+tolerance, grid, ... and its bead training), the endpoint :class:`~modeconnect.train.TrainConfig` and the
+:class:`~modeconnect.certify.CertifyConfig`. A run config holds only what the user set (``method_settings``,
+``endpoint_training``, ``certify``, as nested overrides, checked against the schema on creation); the
+task supplies its own defaults for training and certification, and :meth:`ConnectRunConfig.resolve`
+records every value actually used.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
+from ..certify import CertifyConfig
 from ..connect import connect_path
 from ..errors import ConfigError, ModeconnectError
+from ..methods import DEFAULT_METHOD, METHODS, get_method
 from ..params import Point
 from ..path import Path
 from ..seeding import derive_seed
-from ..strings.greedy import DSSConfig, DSSState
+from ..settings import apply_overrides, from_dict, to_dict
 from ..tasks import TASKS, Task, make_task
 from ..train import TrainConfig, train_to_target
 from .store import RunDirectory
 
-__all__ = ["ConnectRunConfig", "EndpointTrainingError", "run_connect", "TIMING_FIELDS"]
+__all__ = ["ConnectRunConfig", "ResolvedRun", "EndpointTrainingError", "run_connect", "TIMING_FIELDS",
+           "TASK_OPTIONS"]
 
-TIMING_FIELDS = frozenset({"wall_time_s", "certification_time_s", "dss_time_s", "endpoint_time_s",
+TIMING_FIELDS = frozenset({"wall_time_s", "certification_time_s", "method_time_s", "endpoint_time_s",
                            "bead_training_time_s", "segment_evaluation_time_s"})
 """Result fields that measure time: everything else in a result is a pure function of the config."""
 
-
-def _opt(help: str, **kw: Any) -> Any:
-    return field(metadata={"help": help}, **kw)
+TASK_OPTIONS = ("activation", "data_seed", "n_eval", "n_train", "batchnorm")
+"""Run settings handed to the task's factory."""
 
 
 @dataclass(frozen=True)
 class ConnectRunConfig:
-    """Every setting of a connect run. CLI flags are derived from these fields."""
+    """Every setting of a connect run. CLI flags are derived from these fields and the nested schemas."""
 
-    task: str = _opt(f"task to run: {', '.join(TASKS)}", default="cubic")
-    threshold: float | None = _opt("energy level L0 (default: the task's own)", default=None)
-    seed: int = _opt("base seed; endpoint and bead seeds are derived from it", default=0)
-    alpha: float = _opt("beads are trained to alpha * L0", default=0.8)
-    tolerance: float = _opt("a segment passes when its grid max <= tolerance * L0", default=1.0)
-    tstar: str = _opt("where a new bead starts: argmax or midpoint", default="argmax")
-    grid_size: int = _opt("points per segment on the acceptance grid", default=33)
-    order: str = _opt("segment order: depth_first (the paper) or breadth_first", default="depth_first")
-    max_depth: int = _opt("cap on nested bead insertions", default=10)
-    max_beads: int = _opt("cap on intermediate beads", default=64)
-    max_time_s: float | None = _opt("wall-time budget for DSS in seconds", default=None)
-    bead_max_steps: int | None = _opt("step cap per bead (default: the task's own)", default=None)
-    bead_lr: float | None = _opt("bead learning rate (default: the task's own)", default=None)
-    endpoint_max_steps: int | None = _opt("step cap per endpoint (default: the task's own)", default=None)
-    resolution: float | None = _opt("certification resolution in segment units t (default: the task's own)",
-                                    default=None)
-    activation: str | None = _opt("polynomial tasks: sigmoid (paper), relu or tanh", default=None)
-    data_seed: int | None = _opt("seed of the task's data sample (default 0)", default=None)
-    n_eval: int | None = _opt("real tasks: size of the restricted evaluation subset (default: the task's own)",
-                              default=None)
-    n_train: int | None = _opt("real tasks: training examples (PTB: tokens) used (default: the task's own)",
-                               default=None)
-    batchnorm: str | None = _opt("cifar10: BatchNorm layers with statistics recomputed, interpolated or frozen "
-                                 "(default: no BatchNorm)", default=None)
+    task: str = "cubic"
+    """The task to run (see ``modeconnect.tasks.TASKS``)."""
+    threshold: float | None = None
+    """Energy level L0 (default: the task's own)."""
+    seed: int = 0
+    """Base seed; endpoint and method seeds are derived from it."""
+    method: str = DEFAULT_METHOD
+    """The path method (see ``modeconnect.methods.METHODS``)."""
+    method_settings: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the method's Config (nested: ``{"bead_training": {"lr": 1e-4}}``); the rest are its
+    defaults, and bead training starts from the task's own."""
+    endpoint_training: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the task's endpoint TrainConfig."""
+    certify: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the certification settings (the task's resolution, CertifyConfig's other defaults)."""
+    activation: str | None = None
+    """Polynomial tasks: sigmoid (paper), relu or tanh (default: the task's own)."""
+    data_seed: int | None = None
+    """Seed of the task's data sample (default 0)."""
+    n_eval: int | None = None
+    """Real tasks: size of the restricted evaluation subset (default: the task's own)."""
+    n_train: int | None = None
+    """Real tasks: training examples (PTB: tokens) used (default: the task's own)."""
+    batchnorm: str | None = None
+    """cifar10: BatchNorm layers with statistics recomputed, interpolated or frozen (default: no BatchNorm)."""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
+        cls = get_method(self.method)
+        if self.threshold is not None and (isinstance(self.threshold, bool) or not (
+                isinstance(self.threshold, (int, float)) and self.threshold == self.threshold
+                and 0 < self.threshold < float("inf"))):
+            raise ConfigError(f"threshold must be a positive finite number, got {self.threshold!r}")
+        for name in ("method_settings", "endpoint_training", "certify"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{name} must be a mapping of setting names to values, got {type(value).__name__}")
+            object.__setattr__(self, name, dict(value))
+        # validate every override against its schema now, not when the run reaches it
+        apply_overrides(cls.Config(), self.method_settings)
+        apply_overrides(TrainConfig(), self.endpoint_training)
+        apply_overrides(CertifyConfig(), self.certify)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ConnectRunConfig:
+        return from_dict(cls, data)
 
     def task_options(self) -> dict[str, Any]:
-        out = {}
-        if self.activation is not None:
-            out["activation"] = self.activation
-        for key in ("data_seed", "n_eval", "n_train", "batchnorm"):
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
-        return out
+        return {key: getattr(self, key) for key in TASK_OPTIONS if getattr(self, key) is not None}
 
-    def build(self) -> tuple[Task, DSSConfig, dict[str, Any]]:
-        """The task, the DSS config with task defaults filled in, and the resolved config to record."""
+    def resolve(self) -> ResolvedRun:
+        """Build the task and every config with the task's defaults filled in."""
         task = make_task(self.task, **self.task_options())
-        threshold = task.default_threshold if self.threshold is None else self.threshold
-        bead = task.bead_training
-        bead = TrainConfig(**{**bead.to_dict(),
-                              **({"max_steps": self.bead_max_steps} if self.bead_max_steps is not None else {}),
-                              **({"lr": self.bead_lr} if self.bead_lr is not None else {})})
-        dss = DSSConfig(threshold=threshold, alpha=self.alpha, tolerance=self.tolerance, grid_size=self.grid_size,
-                        tstar=self.tstar, order=self.order, max_depth=self.max_depth, max_beads=self.max_beads,
-                        max_time_s=self.max_time_s, bead_training=bead, seed=self.seed)
-        resolution = self.certify_resolution(task)
-        if not 0 < resolution < 1:
-            raise ConfigError(f"resolution must be in (0, 1), got {resolution}")
-        resolved = {"run": self.to_dict(), "task": task.describe(), "dss": dss.to_dict(),
-                    "endpoint_training": self.endpoint_training(task).to_dict(), "resolution": resolution}
-        return task, dss, resolved
+        cls = METHODS[self.method]
+        defaults = cls.Config()
+        if hasattr(defaults, "bead_training"):  # methods that train points start from the task's bead training
+            defaults = replace(defaults, bead_training=task.bead_training)
+        if hasattr(defaults, "seed"):
+            defaults = replace(defaults, seed=self.seed)
+        method_config = apply_overrides(defaults, self.method_settings)
+        endpoint = apply_overrides(task.endpoint_training, self.endpoint_training)
+        certify = apply_overrides(CertifyConfig(resolution=task.certify_resolution), self.certify)
+        threshold = task.default_threshold if self.threshold is None else float(self.threshold)
+        return ResolvedRun(self, task, threshold, method_config, endpoint, certify)
 
-    def certify_resolution(self, task: Task) -> float:
-        """This run's certification resolution: the flag if given, else the task's default."""
-        return task.certify_resolution if self.resolution is None else self.resolution
 
-    def endpoint_training(self, task: Task) -> TrainConfig:
-        """The task's endpoint training settings with this run's overrides."""
-        if self.endpoint_max_steps is None:
-            return task.endpoint_training
-        return TrainConfig(**{**task.endpoint_training.to_dict(), "max_steps": self.endpoint_max_steps})
+@dataclass(frozen=True, eq=False)
+class ResolvedRun:
+    """A run config with the task built and every default filled in."""
+
+    config: ConnectRunConfig
+    task: Task
+    threshold: float
+    method_config: Any
+    endpoint_training: TrainConfig
+    certify: CertifyConfig
+
+    def record(self) -> dict[str, Any]:
+        """What ``config.json`` holds (and what the run's identity hashes)."""
+        return {"run": self.config.to_dict(), "task": self.task.describe(), "threshold": self.threshold,
+                "method": self.config.method, "method_config": to_dict(self.method_config),
+                "endpoint_training": self.endpoint_training.to_dict(), "certify": self.certify.to_dict()}
 
 
 class EndpointTrainingError(ModeconnectError):
@@ -118,7 +145,7 @@ class EndpointTrainingError(ModeconnectError):
 def _train_endpoint(task: Task, which: str, seed: int, target: float, config: TrainConfig,
                     say: Callable[[str], None]) -> Point:
     say(f"training endpoint {which.upper()} (seed {seed}) to energy <= {target:.4g}")
-    start = task.energy.point_of(task.make_model(seed))  # parameters (+ BatchNorm statistics if the policy says)
+    start = task.energy.point_of(task.make_model(seed))  # parameters (+ state the energy's policy carries)
     point, status = train_to_target(start, energy=task.energy, objective=task.objective, target=target,
                                     config=config, seed=seed)
     if not status.reached:
@@ -136,18 +163,18 @@ def run_connect(
     out: str | None = None,
     *,
     progress: Callable[[str], None] | None = None,
-    after_checkpoint: Callable[[Path, DSSState], None] | None = None,
+    after_checkpoint: Callable[[Path, Any], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume, or read back) a connect experiment; returns the result record.
 
-    ``after_checkpoint`` is called after each saved bead (used by tests to simulate interruption).
+    ``after_checkpoint`` is called after each saved checkpoint (used by tests to simulate interruption).
     """
     say = progress or (lambda message: None)
-    task, dss, resolved = config.build()
-    with _thread_limit(task.threads):
+    run = config.resolve()
+    with _thread_limit(run.task.threads):
         if out is None:
-            return _run(config, task, dss, None, say, after_checkpoint)
-        return _run_in(RunDirectory(out), config, task, dss, resolved, say, after_checkpoint)
+            return _run(run, None, say, after_checkpoint)
+        return _run_in(RunDirectory(out), run, say, after_checkpoint)
 
 
 @contextlib.contextmanager
@@ -162,11 +189,11 @@ def _thread_limit(threads: int | None):
         torch.set_num_threads(previous)
 
 
-def _run_in(store: RunDirectory, config: ConnectRunConfig, task: Task, dss: DSSConfig, resolved: dict[str, Any],
-            say: Callable[[str], None], after_checkpoint: Callable[[Path, DSSState], None] | None) -> dict[str, Any]:
+def _run_in(store: RunDirectory, run: ResolvedRun, say: Callable[[str], None],
+            after_checkpoint: Callable[[Path, Any], None] | None) -> dict[str, Any]:
     out = store.root
     with store.lock():
-        resumed = store.open(resolved, config.seed)
+        resumed = store.open(run.record(), run.config.seed)
         done = store.result()
         if done is not None:
             say(f"{out} already holds the finished run; showing its result")
@@ -177,21 +204,18 @@ def _run_in(store: RunDirectory, config: ConnectRunConfig, task: Task, dss: DSSC
         if resumed:
             say(f"resuming the run in {out}")
         try:
-            return _run(config, task, dss, store, say, after_checkpoint)
+            return _run(run, store, say, after_checkpoint)
         except EndpointTrainingError as exc:
-            store.save_failure({"status": "endpoint_failed", "message": str(exc), "task": task.name,
-                                "seed": config.seed, "threshold": dss.threshold})
+            store.save_failure({"status": "endpoint_failed", "message": str(exc), "task": run.task.name,
+                                "seed": run.config.seed, "threshold": run.threshold})
             raise
 
 
-def _run(config: ConnectRunConfig, task: Task, dss: DSSConfig, store: RunDirectory | None,
-         say: Callable[[str], None], after_checkpoint: Callable[[Path, DSSState], None] | None) -> dict[str, Any]:
-
-    seeds = {"a": derive_seed(config.seed, "endpoint", "a"), "b": derive_seed(config.seed, "endpoint", "b")}
-    endpoint_target = task.endpoint_fraction * dss.threshold
-    endpoint_config = config.endpoint_training(task)
+def _endpoints(run: ResolvedRun, store: RunDirectory | None, say: Callable[[str], None]) -> dict[str, Point]:
+    task, seed = run.task, run.config.seed
+    seeds = {"a": derive_seed(seed, "endpoint", "a"), "b": derive_seed(seed, "endpoint", "b")}
+    target = task.endpoint_fraction * run.threshold
     endpoints: dict[str, Point] = {}
-    endpoint_clock = time.perf_counter()
     for which in ("a", "b"):
         stored = store.endpoint(which, task.energy.template) if store is not None else None
         if stored is not None:
@@ -201,48 +225,64 @@ def _run(config: ConnectRunConfig, task: Task, dss: DSSConfig, store: RunDirecto
             endpoints["b"] = task.derive_endpoint_b(endpoints["a"])
             say("endpoint B: derived from endpoint A by the task (not trained)")
         else:
-            endpoints[which] = _train_endpoint(task, which, seeds[which], endpoint_target, endpoint_config, say)
+            endpoints[which] = _train_endpoint(task, which, seeds[which], target, run.endpoint_training, say)
         if store is not None:
             store.save_endpoint(which, endpoints[which])
+    return endpoints
 
+
+def _run(run: ResolvedRun, store: RunDirectory | None, say: Callable[[str], None],
+         after_checkpoint: Callable[[Path, Any], None] | None) -> dict[str, Any]:
+    task, name = run.task, run.config.method
+    method = METHODS[name]
+    seed = run.config.seed
+    endpoint_clock = time.perf_counter()
+    endpoints = _endpoints(run, store, say)
     endpoint_time = time.perf_counter() - endpoint_clock
-    path = store.checkpoint() if store is not None else None
-    if path is not None:
-        state = DSSState(**path.metadata.get("dss_state", {}))
-        say(f"resuming DSS with {path.n_beads} bead(s) already on the string")
-    else:
-        path, state = Path([endpoints["a"], endpoints["b"]]), DSSState()
 
-    def checkpoint(p: Path, s: DSSState) -> None:
-        p.metadata["dss_state"] = s.to_dict()
+    path, state = None, None
+    if store is not None:
+        saved = store.checkpoint(task.energy.template, endpoints)
+        if saved is not None:
+            path, state = saved[0], _saved_state(saved[1], name, method, store)
+            say(f"resuming {name} with {path.n_beads} bead(s) already on the path")
+    if path is None:
+        path = Path([endpoints["a"], endpoints["b"]])
+
+    def checkpoint(p: Path, s: Any) -> None:
         if store is not None:
-            store.save_checkpoint(p)
-        if after_checkpoint is not None and not s.finished:
+            store.save_checkpoint(p, name, s.to_dict())
+        if after_checkpoint is not None and not getattr(s, "finished", False):
             after_checkpoint(p, s)
 
-    say(f"connecting with greedy DSS: L0={dss.threshold:g}, alpha={dss.alpha:g}, tolerance={dss.tolerance:g}, "
-        f"t*={dss.tstar.value}, order={dss.order.value}")
-    connection = connect_path(path, task.energy, task.objective, dss, state=state, checkpoint=checkpoint,
-                              resolution=config.certify_resolution(task), progress=say)
-    # wall_time_s covers connecting (summed over resumed sessions) and certifying; endpoint training is
+    say(f"connecting with {name} at L0={run.threshold:g}")
+    connection = connect_path(path, task.energy, threshold=run.threshold, method=name, config=run.method_config,
+                              objective=task.objective if method.trains else None, state=state,
+                              checkpoint=checkpoint, certification=run.certify, progress=say)
+    # wall_time_s covers the method (summed over resumed sessions) and certifying; endpoint training is
     # reported on its own (endpoint_time_s, this session only: 0 when the endpoints were loaded).
     result = connection.summary()
     result.update({
         "task": task.name,
-        "seed": config.seed,
-        "endpoint_seeds": seeds if task.derive_endpoint_b is None else {"a": seeds["a"], "b": "derived"},
-        "endpoint_target": endpoint_target,
+        "seed": seed,
+        "endpoint_seeds": ({"a": derive_seed(seed, "endpoint", "a"), "b": derive_seed(seed, "endpoint", "b")}
+                           if task.derive_endpoint_b is None else
+                           {"a": derive_seed(seed, "endpoint", "a"), "b": "derived"}),
+        "endpoint_target": task.endpoint_fraction * run.threshold,
         "energy": task.energy.describe(),
-        "certification_time_s": connection.certification_time_s,
         "endpoint_time_s": endpoint_time,
-        "dss_time_s": connection.status.elapsed_s,
-        "bead_training_time_s": state.bead_training_s,
-        "segment_evaluation_time_s": state.segment_evaluation_s,
-        "bead_log": state.bead_log,
-        "bead_births": state.bead_births,
-        "segment_max_energy": [s.max_energy for s in connection.path.segments],
-        "certified_segment_max_energy": connection.certificate.segment_max,
     })
     if store is not None:
         store.save_result(result)
     return result
+
+
+def _saved_state(saved: Mapping[str, Any], name: str, method: type, store: RunDirectory) -> Any:
+    if saved.get("method") != name:
+        raise ConfigError(f"{store.root}/path holds the state of method {saved.get('method')!r}, not {name!r}; "
+                          "delete the path/ directory to start over")
+    try:
+        return method.State.from_dict(saved.get("state", {}))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{store.root}/path has a {name} state that does not load ({exc}); "
+                          "delete the path/ directory to start over") from None

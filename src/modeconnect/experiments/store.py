@@ -6,13 +6,14 @@ A run directory holds::
     env.json                  versions, platform, threads, device, seed
     endpoint_a.safetensors    the trained endpoints (each written as soon as it is trained)
     endpoint_b.safetensors
-    path/beads-<id>.safetensors  the string after every new bead (beads)
-    path/path.json            segments, shapes and the DSS state (resume point)
+    endpoints.json            the endpoint files' SHA-256, checked whenever they are read
+    path/beads-<id>.safetensors  the path after every checkpoint (beads and curve control points)
+    path/path.json            pieces, shapes, the tensor file's SHA-256 and the method's state (resume point)
     result.json               the final summary (written last: its presence means "finished")
     failed.json               instead of result.json when an endpoint could not be trained (also final)
-    .lock                     held (flock) by the process working in the directory
+    .lock                     held (flock) by the process working in the directory, removed when it is done
 
-A sweep directory holds::
+A sweep directory holds (and is locked the same way while a sweep works in it)::
 
     sweep.json                the sweep configuration and its id; levels and pairs may grow between sessions
     env.json
@@ -39,7 +40,7 @@ import safetensors
 import torch
 
 from .._io import read_json, read_tensors, write_json, write_tensors
-from ..errors import ArchitectureMismatch, StoreError
+from ..errors import ArchitectureMismatch, ConfigError, StoreError
 from ..params import Point, check_compatible
 from ..path import PATH_JSON, Path
 
@@ -50,6 +51,7 @@ FAILED = "failed.json"
 LOCK = ".lock"
 PATH_DIR = "path"
 ENDPOINT = "endpoint_{}.safetensors"
+ENDPOINTS_JSON = "endpoints.json"
 SWEEP = "sweep.json"
 RUNS_DIR = "runs"
 TABLE_JSON = "table.json"
@@ -100,8 +102,10 @@ def _open_identified(root: FsPath, filename: str, kind: str, config: dict[str, A
         stored = read_json(config_file)
         if stored.get("run_id") != rid:
             old, new = _leaves(stored.get("config", {})), _leaves(config)
-            diff = [f"{k}: {old.get(k)!r} there vs {new.get(k)!r} now"
-                    for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+            keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+            # name the resolved settings that differ; the raw command-line overrides only if nothing else does
+            keys = [k for k in keys if not (k.startswith("run.") or ".run." in k)] or keys
+            diff = [f"{k}: {old.get(k)!r} there vs {new.get(k)!r} now" for k in keys]
             raise StoreError(
                 f"{root} holds a different {kind} ({'; '.join(diff) or 'unknown difference'}); "
                 "use another --out directory, or delete this one to start over"
@@ -114,43 +118,85 @@ def _open_identified(root: FsPath, filename: str, kind: str, config: dict[str, A
     return False
 
 
+def _checked_root(root: str | os.PathLike, kind: str) -> FsPath:
+    if not str(root).strip():
+        raise ConfigError(f"the {kind} directory (--out) must not be empty; name a new or existing {kind} directory")
+    return FsPath(root)
+
+
+@contextlib.contextmanager
+def lock_directory(root: FsPath):
+    """Hold an exclusive ``flock`` on ``root/.lock`` while working in ``root``; remove the lock file after.
+
+    A directory the command created is removed again if nothing but the lock was written (a refused run
+    leaves no trace). The lock file is unlinked while still held; a process that opened the old file
+    meanwhile notices that it locked a file no longer in place and reports the directory as busy.
+    """
+    created = not root.exists()
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"{root} exists and is a file, not a directory; choose another --out")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle = open(root / LOCK, "a+")
+    except OSError as exc:
+        raise StoreError(f"cannot write in {root} ({exc.strerror or exc}); choose a writable --out") from None
+    lock_file = root / LOCK
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(handle.fileno()).st_ino != os.stat(lock_file).st_ino:
+                raise BlockingIOError
+        except (BlockingIOError, FileNotFoundError):
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise StoreError(f"{root} is in use by {holder}; wait for it to finish or stop it") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            lock_file.unlink(missing_ok=True)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            if created:
+                with contextlib.suppress(OSError):
+                    root.rmdir()  # only succeeds when nothing was written
+
+
 class RunDirectory:
     """A run's files. ``open`` creates it or checks that an existing one holds the same config."""
 
     def __init__(self, root: str | os.PathLike) -> None:
-        self.root = FsPath(root)
+        self.root = _checked_root(root, "run")
 
     def open(self, config: dict[str, Any], seed: int) -> bool:
         """Prepare the directory for ``config``; returns True if it already held this run (resume)."""
         return _open_identified(self.root, CONFIG, "run", config, seed)
 
-    @contextlib.contextmanager
     def lock(self):
         """Hold an exclusive lock on the directory (released by the kernel if the process dies)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / LOCK, "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                raise StoreError(f"{self.root} is in use by {holder}; wait for it to finish or stop it") from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"process {os.getpid()}")
-            handle.flush()
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        return lock_directory(self.root)
 
     # endpoints
-    def endpoint(self, which: str, like: Point) -> Point | None:
-        """The saved endpoint (parameters in ``like``'s order, checked against it), or None if not saved yet."""
-        file = self.root / ENDPOINT.format(which)
+    def _endpoint_hashes(self) -> dict[str, str]:
+        file = self.root / ENDPOINTS_JSON
         if not file.exists():
+            return {}
+        data = read_json(file)
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise StoreError(f"{file} must map endpoint names to SHA-256 digests; delete it and the endpoint "
+                             "files to train the endpoints again")
+        return data
+
+    def endpoint(self, which: str, like: Point) -> Point | None:
+        """The saved endpoint (parameters in ``like``'s order, checked against it and its recorded SHA-256),
+        or None if not saved yet (a file whose hash was never recorded was interrupted while being saved)."""
+        file = self.root / ENDPOINT.format(which)
+        digest = self._endpoint_hashes().get(which)
+        if not file.exists() or digest is None:
             return None
-        stored = read_tensors(file)
+        stored = read_tensors(file, sha256=digest)
         try:
             check_compatible(like, stored, "the task's model", str(file))
         except ArchitectureMismatch as exc:
@@ -158,13 +204,33 @@ class RunDirectory:
         return {name: stored[name] for name in like}
 
     def save_endpoint(self, which: str, point: Point) -> None:
-        write_tensors(self.root / ENDPOINT.format(which), point)
+        digest = write_tensors(self.root / ENDPOINT.format(which), point)
+        write_json(self.root / ENDPOINTS_JSON, {**self._endpoint_hashes(), which: digest})
 
-    # the string
-    def checkpoint(self) -> Path | None:
-        return Path.load(self.root / PATH_DIR) if (self.root / PATH_DIR / PATH_JSON).exists() else None
+    # the path
+    def checkpoint(self, like: Point, endpoints: dict[str, Point]) -> tuple[Path, dict[str, Any]] | None:
+        """The saved path and its method state ``{"method": name, "state": {...}}``, or None if none is saved.
 
-    def save_checkpoint(self, path: Path) -> None:
+        The path's end beads must equal the run's endpoint files exactly: a path that belongs elsewhere is
+        refused rather than resumed into a wrong result.
+        """
+        if not (self.root / PATH_DIR / PATH_JSON).exists():
+            return None
+        path = Path.load(self.root / PATH_DIR, like=like)
+        for which, bead in (("a", path.beads[0]), ("b", path.beads[-1])):
+            if set(bead) != set(endpoints[which]) or not all(
+                    torch.equal(bead[k], endpoints[which][k]) for k in bead):
+                raise StoreError(f"{self.root / PATH_DIR} does not start and end at this run's endpoints "
+                                 f"(endpoint {which.upper()} differs); delete {self.root / PATH_DIR} to restart "
+                                 "the search from the endpoints")
+        state = path.metadata.get("method_state")
+        if not isinstance(state, dict):
+            raise StoreError(f"{self.root / PATH_DIR / PATH_JSON} has no method state; delete "
+                             f"{self.root / PATH_DIR} to restart the search from the endpoints")
+        return path, state
+
+    def save_checkpoint(self, path: Path, method: str, state: dict[str, Any]) -> None:
+        path.metadata["method_state"] = {"method": method, "state": state}
         path.save(self.root / PATH_DIR)
 
     # the result
@@ -199,7 +265,11 @@ class SweepDirectory:
     """A sweep's files: its identity (the settings shared by all pairs), its run directories and its table."""
 
     def __init__(self, root: str | os.PathLike) -> None:
-        self.root = FsPath(root)
+        self.root = _checked_root(root, "sweep")
+
+    def lock(self):
+        """Hold an exclusive lock on the sweep directory while a sweep works in it."""
+        return lock_directory(self.root)
 
     def open(self, identity: dict[str, Any], seed: int) -> bool:
         """Create the directory for a sweep, or check that it holds one with the same ``identity``."""

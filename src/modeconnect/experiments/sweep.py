@@ -33,12 +33,16 @@ from .store import RunDirectory, SweepDirectory
 
 __all__ = ["SweepConfig", "run_sweep", "aggregate", "pair_row", "table_csv", "parse_levels", "PAIR_FIELDS"]
 
-PAIR_FIELDS = ["level", "pair", "seed", "status", "connected", "reason", "normalized_length", "n_beads", "depth",
-               "beads_trained", "path_length", "distance", "max_interpolated_energy", "certified_max_energy",
-               "certified", "endpoint_energy_a", "endpoint_energy_b", "wall_time_s", "endpoint_time_s",
-               "dss_time_s", "bead_training_time_s", "segment_evaluation_time_s", "certification_time_s",
+PAIR_FIELDS = ["level", "pair", "seed", "status", "connected", "reason", "method", "normalized_length", "n_beads",
+               "depth", "beads_trained", "path_length", "distance", "worst_barrier", "max_interpolated_energy",
+               "certified_max_energy", "certified", "endpoint_energy_a", "endpoint_energy_b", "wall_time_s",
+               "endpoint_time_s", "method_time_s", "bead_training_time_s", "segment_evaluation_time_s", "certification_time_s",
                "run_dir", "message"]
 """Columns of a pair row (CSV order)."""
+
+GEOMETRY_FIELDS = ("normalized_length", "n_beads", "depth", "path_length")
+"""Left empty in the row of a pair that did not connect: its path is not a connection, so its length and
+beads describe nothing about the level set (the reason and the worst barrier say what happened)."""
 
 LEVEL_FIELDS = ["level", "n_pairs", "n_endpoint_failed", "n_connected", "success_rate",
                 "normalized_length_mean", "normalized_length_stderr", "n_beads_mean", "n_beads_stderr",
@@ -89,10 +93,15 @@ class SweepConfig:
     def identity(self) -> dict[str, Any]:
         """What every pair of the sweep shares: a sweep directory refuses a different identity.
 
-        Levels and pairs are not part of it, so a later session may add levels or pairs to a sweep.
+        The resolved settings (task defaults filled in), less the per-unit threshold and seed. Levels and
+        pairs are not part of it, so a later session may add levels or pairs to a sweep.
         """
-        base = {k: v for k, v in self.base.to_dict().items() if k not in ("threshold", "seed")}
-        return {"base": base, "seed": self.seed}
+        record = self.base.resolve().record()
+        record.pop("threshold")
+        record["run"] = {k: v for k, v in record["run"].items() if k not in ("threshold", "seed")}
+        if isinstance(record["method_config"], dict):
+            record["method_config"].pop("seed", None)  # derived from each pair's seed
+        return {"base": record, "seed": self.seed}
 
     def pair_seed(self, pair: int) -> int:
         return derive_seed(self.seed, "pair", pair)
@@ -117,6 +126,8 @@ def pair_row(level: float, pair: int, seed: int, run_dir: str, result: dict[str,
             row[key] = result[key]
     row["status"] = "connected" if result["connected"] else "not_connected"
     row["endpoint_energy_a"], row["endpoint_energy_b"] = result["endpoint_energies"]
+    if not result["connected"]:
+        row.update(dict.fromkeys(GEOMETRY_FIELDS))
     return row
 
 
@@ -154,7 +165,8 @@ def aggregate(rows: Sequence[dict[str, Any]], levels: Sequence[float]) -> list[d
                    n_connected=len(connected),
                    success_rate=len(connected) / len(trained) if trained else None)
         for key in ("normalized_length", "n_beads", "depth"):
-            agg[f"{key}_mean"], agg[f"{key}_stderr"] = _mean_stderr([float(r[key]) for r in connected])
+            agg[f"{key}_mean"], agg[f"{key}_stderr"] = _mean_stderr([float(r[key]) for r in connected
+                                                                       if r.get(key) is not None])
         energies = [e for r in trained for e in (r["endpoint_energy_a"], r["endpoint_energy_b"])]
         agg["endpoint_energy_mean"] = _mean_stderr(energies)[0]
         times = [float(r["wall_time_s"]) for r in trained]
@@ -181,7 +193,7 @@ def table_csv(table: dict[str, Any]) -> str:
 def run_unit(config: dict[str, Any], out: str) -> tuple[dict[str, Any] | None, str | None]:
     """Run (or resume, or read back) one pair; a worker's entry point. Returns (result, failure message)."""
     try:
-        return run_connect(ConnectRunConfig(**config), out), None
+        return run_connect(ConnectRunConfig.from_dict(config), out), None
     except EndpointTrainingError as exc:
         return None, str(exc)
 
@@ -204,9 +216,16 @@ def run_sweep(
 ) -> dict[str, Any]:
     """Run (or continue) a sweep into ``out``; returns the table (also written as table.json and table.csv)."""
     say = progress or (lambda message: None)
-    config.base.build()  # fail fast on a bad task or setting, before any directory is written
+    config.base.resolve()  # fail fast on a bad task or setting, before any directory is written
     sweep = SweepDirectory(out)
-    resumed = sweep.open(config.identity(), config.seed)
+    with sweep.lock():
+        return _run_sweep_locked(config, sweep, out, executor, say)
+
+
+def _run_sweep_locked(config: SweepConfig, sweep: SweepDirectory, out: str, executor: Executor | None,
+                      say: Callable[[str], None]) -> dict[str, Any]:
+    identity = config.identity()
+    resumed = sweep.open(identity, config.seed)
     sweep.record_plan({"levels": list(config.levels), "pairs": config.pairs})
     units = config.units()
     dirs = {unit: str(sweep.run_dir(*unit)) for unit in units}
@@ -233,7 +252,7 @@ def run_sweep(
         ordered = [rows[u] for u in units if u in rows]
         return {"format": "modeconnect.sweep_table", "version": 1, "task": config.base.task,
                 "energy": dict(energy), "levels": list(config.levels), "pairs": config.pairs, "seed": config.seed,
-                "settings": config.identity()["base"], "rows": ordered,
+                "settings": identity["base"], "rows": ordered,
                 "aggregates": aggregate(ordered, config.levels)}
 
     def save() -> dict[str, Any]:
@@ -267,5 +286,7 @@ def run_sweep(
 def _describe_row(row: dict[str, Any]) -> str:
     if row["status"] == "endpoint_failed":
         return "endpoints did not train"
-    verdict = "connected" if row["connected"] else f"NOT connected ({row['reason']})"
-    return f"{verdict}, {row['n_beads']} beads, normalized length {row['normalized_length']:.4g}"
+    if not row["connected"]:
+        barrier = row.get("worst_barrier")
+        return f"NOT connected ({row['reason']})" + ("" if barrier is None else f", worst barrier {barrier:.4g}")
+    return f"connected, {row['n_beads']} beads, normalized length {row['normalized_length']:.4g}"

@@ -9,9 +9,10 @@ order (the paper's recursion) always takes the leftmost unchecked segment;
 breadth-first order takes the shallowest one, so the string is refined round
 by round.
 
-All state lives in the :class:`~modeconnect.path.Path` (beads and segment
-records) and a small :class:`DSSState`, both handed to ``checkpoint`` after
-every new bead, so an interrupted run resumes exactly where it stopped.
+The path holds the beads; the per-segment records (depth, grid maximum and
+where it sits) and the bead log live in :class:`DSSState`. Both are handed to
+``checkpoint`` after every new bead, so an interrupted run resumes exactly
+where it stopped. Registered as the path method ``greedy_dss``.
 """
 
 from __future__ import annotations
@@ -19,20 +20,25 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from ..energy import Energy
-from ..errors import ConfigError, ThresholdError
+from ..errors import ConfigError
 from ..params import interpolate
-from ..path import Path
+from ..path import Path, Straight
 from ..seeding import derive_seed
 from ..train import Objective, TrainConfig, train_to_target
+from .base import Checkpoint, Outcome, Progress
 
-__all__ = ["TStar", "Order", "Reason", "DSSConfig", "DSSState", "DSSStatus", "choose_tstar", "greedy_dss"]
+__all__ = ["TStar", "Order", "Reason", "DSSConfig", "SegmentRecord", "DSSState", "GreedyDSS", "choose_tstar",
+           "greedy_dss", "MAX_GRID_SIZE"]
+
+MAX_GRID_SIZE = 100_000
+"""Largest accepted ``grid_size``: finer grids cost time without telling more (certification refines)."""
 
 
 class TStar(str, Enum):
@@ -77,10 +83,8 @@ def _enum(cls, value, name):
 
 @dataclass(frozen=True)
 class DSSConfig:
-    """Every setting of greedy DSS; all are recorded in results."""
+    """Every setting of greedy DSS; all are recorded in results. The level L0 is passed to ``run``."""
 
-    threshold: float
-    """L0: the energy level whose level set the path must stay in."""
     alpha: float = 0.8
     """New beads are trained to alpha * L0 (paper: alpha < 1 aids convergence; 0.8 connected every cubic
     pair we tried at L0=0.05 where 0.5 drove beads into one basin and hit the depth cap)."""
@@ -102,26 +106,26 @@ class DSSConfig:
     """Most intermediate beads on the path."""
     max_time_s: float | None = None
     """Wall-time budget in seconds, summed over resumed sessions (None: unlimited)."""
-    bead_training: TrainConfig = field(default_factory=TrainConfig)
-    """How beads are trained (optimizer, lr, batch size, step cap)."""
-    seed: int = 0
-    """Base seed; bead k is trained with a seed derived from (seed, k)."""
+    bead_training: TrainConfig = field(default_factory=TrainConfig, metadata={"flag_prefix": "bead"})
+    """How beads are trained (optimizer, lr, batch size, step cap); a task supplies its own defaults."""
+    seed: int = field(default=0, metadata={"flag": False})
+    """Base seed; bead k is trained with a seed derived from (seed, k). A run sets it from its own seed."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tstar", _enum(TStar, self.tstar, "tstar"))
         object.__setattr__(self, "order", _enum(Order, self.order, "order"))
         if isinstance(self.bead_training, dict):
             object.__setattr__(self, "bead_training", TrainConfig(**self.bead_training))
-        if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold) and self.threshold > 0):
-            raise ConfigError(f"threshold must be a positive finite number, got {self.threshold}")
         if not 0 < self.alpha <= 1:
             raise ConfigError(f"alpha must be in (0, 1], got {self.alpha}")
         if not (math.isfinite(self.tolerance) and self.tolerance >= 1):
             raise ConfigError(
                 f"tolerance must be >= 1 (segments pass when max <= tolerance * L0), got {self.tolerance}"
             )
-        if self.grid_size < 3:
-            raise ConfigError(f"grid_size must be >= 3 (both endpoints and one interior point), got {self.grid_size}")
+        if not 3 <= self.grid_size <= MAX_GRID_SIZE:
+            raise ConfigError(f"grid_size must be between 3 (both endpoints and one interior point) and "
+                              f"{MAX_GRID_SIZE:,}, got {self.grid_size}; certification refines the final path, "
+                              "so the acceptance grid need not be fine")
         if not 0 <= self.tstar_margin < 0.5:
             raise ConfigError(f"tstar_margin must be in [0, 0.5), got {self.tstar_margin}")
         if self.flat_tolerance < 0:
@@ -142,62 +146,78 @@ class DSSConfig:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class SegmentRecord:
+    """DSS's record of one straight piece: its nesting depth and, once evaluated, its grid maximum."""
+
+    depth: int = 0
+    """How many bead insertions separate it from the original endpoint-to-endpoint segment."""
+    max_energy: float | None = None
+    argmax_t: float | None = None
+    grid_size: int | None = None
+
+    @property
+    def evaluated(self) -> bool:
+        return self.max_energy is not None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SegmentRecord:
+        """Inverse of ``asdict`` after a JSON round trip, where non-finite floats are stored as strings."""
+        fields_ = dict(data)
+        for key in ("max_energy", "argmax_t"):
+            if fields_.get(key) is not None:
+                fields_[key] = float(fields_[key])
+        return cls(**fields_)
+
+
 @dataclass
 class DSSState:
     """Bookkeeping that, together with the Path, lets a run resume exactly."""
 
+    segments: list[SegmentRecord] = field(default_factory=list)
+    """One record per piece of the path, in order (empty: a fresh start)."""
     beads_trained: int = 0
     elapsed_s: float = 0.0
     bead_log: list[dict[str, Any]] = field(default_factory=list)
     finished: bool = False
-    status: dict[str, Any] | None = None
+    outcome: dict[str, Any] | None = None
     bead_births: list[int] | None = None
+    """Aligned with ``path.beads``: 0 for the endpoints, k for the k-th trained bead. Beads are only ever
+    inserted, so the string after stage s is the beads with birth <= s, in path order (the DSS snapshots)."""
     bead_training_s: float = 0.0
     """Wall time spent training beads (their periodic energy checks included), summed over sessions."""
     segment_evaluation_s: float = 0.0
     """Wall time spent evaluating segment grids, summed over sessions."""
-    """Aligned with ``path.beads``: 0 for the endpoints, k for the k-th trained bead. Beads are only ever
-    inserted, so the string after stage s is the beads with birth <= s, in path order (the DSS snapshots)."""
+
+    @property
+    def depth(self) -> int:
+        return max((s.depth for s in self.segments), default=0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-
-@dataclass(frozen=True)
-class DSSStatus:
-    """How greedy DSS ended."""
-
-    connected: bool
-    reason: Reason
-    message: str
-    worst_barrier: float | None
-    """Largest grid maximum over all segments of the final path."""
-    worst_segment: int | None
-    beads_trained: int
-    elapsed_s: float
-    endpoint_energies: list[float]
-    """Energies of endpoint A and endpoint B (both checked to be finite and <= threshold)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["reason"] = self.reason.value
-        return d
-
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DSSStatus:
-        return cls(**{**data, "reason": Reason(data["reason"])})
+    def from_dict(cls, data: dict[str, Any]) -> DSSState:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"the saved DSS state has unknown field(s) {', '.join(unknown)}; it was written by "
+                              "another version or edited by hand: delete the run's path/ directory to restart")
+        data = dict(data)
+        data["segments"] = [SegmentRecord.from_dict(s) for s in data.get("segments", [])]
+        return cls(**data)
 
 
-def choose_tstar(ts: torch.Tensor, values: torch.Tensor, config: DSSConfig) -> float:
+def choose_tstar(ts: torch.Tensor, values: torch.Tensor, config: DSSConfig, threshold: float) -> float:
     """Apply the configured t* rule to a segment's grid profile.
 
     >>> ts = torch.linspace(0, 1, 11, dtype=torch.float64)
-    >>> cfg = DSSConfig(threshold=1.0)
-    >>> choose_tstar(ts, -(ts - 0.3) ** 2, cfg)
+    >>> cfg = DSSConfig()
+    >>> choose_tstar(ts, -(ts - 0.3) ** 2, cfg, 1.0)
     0.3
-    >>> choose_tstar(ts, torch.zeros(11, dtype=torch.float64), cfg)   # flat profile
+    >>> choose_tstar(ts, torch.zeros(11, dtype=torch.float64), cfg, 1.0)   # flat profile
     0.5
-    >>> choose_tstar(ts, ts, cfg)                                      # kept off the endpoint
+    >>> choose_tstar(ts, ts, cfg, 1.0)                                      # kept off the endpoint
     0.9
     """
     if config.tstar is TStar.MIDPOINT:
@@ -209,33 +229,46 @@ def choose_tstar(ts: torch.Tensor, values: torch.Tensor, config: DSSConfig) -> f
     cand_t, cand_v = ts[inside], values[inside]
     finite = cand_v[torch.isfinite(cand_v)]
     all_finite = finite.numel() == cand_v.numel()
-    if all_finite and float(finite.max() - finite.min()) <= config.flat_tolerance * config.threshold:
+    if all_finite and float(finite.max() - finite.min()) <= config.flat_tolerance * threshold:
         return 0.5
     return round(float(cand_t[int(torch.argmax(cand_v))]), 12)
 
 
-def _next_segment(path: Path, order: Order) -> int | None:
-    pending = [i for i, s in enumerate(path.segments) if not s.evaluated]
+def _next_segment(records: list[SegmentRecord], order: Order) -> int | None:
+    pending = [i for i, s in enumerate(records) if not s.evaluated]
     if not pending:
         return None
     if order is Order.DEPTH_FIRST:
         return pending[0]
-    return min(pending, key=lambda i: (path.segments[i].depth, i))
+    return min(pending, key=lambda i: (records[i].depth, i))
 
 
-def check_endpoints(path: Path, energy: Energy, threshold: float) -> list[float]:
-    """Energies of both endpoints; raise if non-finite or above the threshold."""
-    out = []
-    for name, bead in (("endpoint A", path.beads[0]), ("endpoint B", path.beads[-1])):
-        energy.check_point(bead, name)
-        value = energy.require_finite(energy(bead), name)
-        if value > threshold:
-            raise ThresholdError(
-                f"{name} has energy {value:.6g}, above the threshold {threshold:.6g}: a path inside the level set "
-                "cannot start there; train the endpoint further or raise the threshold"
-            )
-        out.append(value)
-    return out
+def _evaluate(path: Path, records: list[SegmentRecord], i: int, energy: Energy,
+              grid_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Evaluate piece ``i`` on a uniform grid and record its maximum; returns ``(ts, energies)``."""
+    ts = torch.linspace(0.0, 1.0, grid_size, dtype=torch.float64)
+    values = path.energies(i, ts, energy)
+    k = int(torch.argmax(values))
+    records[i] = replace(records[i], max_energy=float(values[k]), argmax_t=float(ts[k]), grid_size=grid_size)
+    return ts, values
+
+
+class GreedyDSS:
+    """Greedy Dynamic String Sampling as a registered path method (see the module docstring)."""
+
+    name: ClassVar[str] = "greedy_dss"
+    summary: ClassVar[str] = "greedy Dynamic String Sampling (Freeman & Bruna, Algorithm 1)"
+    trains: ClassVar[bool] = True
+    Config: ClassVar[type] = DSSConfig
+    State: ClassVar[type] = DSSState
+
+    def run(self, start: Path, energy: Energy, *, threshold: float, config: DSSConfig,
+            objective: Objective | None, state: DSSState | None = None, checkpoint: Checkpoint | None = None,
+            progress: Progress | None = None) -> tuple[Path, Outcome]:
+        if objective is None:
+            raise ConfigError("greedy_dss trains beads and needs an objective (the training loss)")
+        return greedy_dss(start, energy, objective, config, threshold=threshold, state=state,
+                          checkpoint=checkpoint, progress=progress)
 
 
 def greedy_dss(
@@ -244,38 +277,45 @@ def greedy_dss(
     objective: Objective,
     config: DSSConfig,
     *,
+    threshold: float,
     state: DSSState | None = None,
-    checkpoint: Callable[[Path, DSSState], None] | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> tuple[Path, DSSStatus]:
-    """Run greedy DSS on ``path`` (modified in place and returned).
+    checkpoint: Checkpoint | None = None,
+    progress: Progress | None = None,
+) -> tuple[Path, Outcome]:
+    """Run greedy DSS on ``path`` (modified in place and returned) inside ``energy <= threshold``.
 
     Pass a two-bead path to start, or a path and ``state`` saved by ``checkpoint`` to resume.
-    ``checkpoint(path, state)`` runs after every new bead and once at the end.
+    ``checkpoint(path, state)`` runs after every new bead and once at the end. The endpoints are
+    expected to be checked by the caller (``connect`` does).
     """
     say = progress or (lambda message: None)
     state = state or DSSState()
+    if any(not isinstance(p, Straight) for p in path.pieces):
+        raise ConfigError("greedy_dss works on strings of straight segments; the start path has curved pieces")
     if state.bead_births is None:  # a fresh start: every bead already on the path belongs to stage 0
         state.bead_births = [0] * len(path.beads)
-    if len(state.bead_births) != len(path.beads):
-        raise ValueError(f"the DSS state records {len(state.bead_births)} bead births for a path of "
-                         f"{len(path.beads)} beads: resume with the state saved together with this path")
-    if state.finished and state.status is not None:
-        return path, DSSStatus.from_dict(state.status)
-    endpoint_energies = check_endpoints(path, energy, config.threshold)
-    accept = config.tolerance * config.threshold
-    target = config.alpha * config.threshold
+    if not state.segments:
+        state.segments = [SegmentRecord() for _ in path.pieces]
+    if len(state.bead_births) != len(path.beads) or len(state.segments) != path.n_pieces:
+        raise ConfigError(f"the DSS state records {len(state.bead_births)} bead births and {len(state.segments)} "
+                          f"segments for a path of {len(path.beads)} beads: resume with the state saved together "
+                          "with this path")
+    if state.finished and state.outcome is not None:
+        return path, Outcome.from_dict(state.outcome)
+    records = state.segments
+    accept = config.tolerance * threshold
+    target = config.alpha * threshold
     clock, elapsed0 = time.perf_counter(), state.elapsed_s
 
     def elapsed() -> float:
         return elapsed0 + time.perf_counter() - clock
 
     reason, message = Reason.CONNECTED, "every segment stays below tolerance * threshold"
-    while (i := _next_segment(path, config.order)) is not None:
+    while (i := _next_segment(records, config.order)) is not None:
         tick = time.perf_counter()
-        ts, values = path.evaluate_segment(i, energy, config.grid_size)
+        ts, values = _evaluate(path, records, i, energy, config.grid_size)
         state.segment_evaluation_s += time.perf_counter() - tick
-        seg = path.segments[i]
+        seg = records[i]
         if seg.max_energy <= accept:
             say(f"segment {i} (depth {seg.depth}) ok: max {seg.max_energy:.4g} <= {accept:.4g}")
             continue
@@ -291,7 +331,7 @@ def greedy_dss(
             reason = Reason.TIME_EXHAUSTED
             message = f"{where} and the time budget max_time_s={config.max_time_s:g} is spent"
             break
-        t_star = choose_tstar(ts, values, config)
+        t_star = choose_tstar(ts, values, config, threshold)
         start = interpolate(path.beads[i], path.beads[i + 1], t_star)
         bead_seed = derive_seed(config.seed, "bead", state.beads_trained)
         tick = time.perf_counter()
@@ -308,6 +348,7 @@ def greedy_dss(
                        f"{train.steps} steps ({train.reason}), target alpha*L0={target:.4g}")
             break
         path.insert_bead(i, bead)
+        records[i : i + 1] = [SegmentRecord(depth=seg.depth + 1), SegmentRecord(depth=seg.depth + 1)]
         state.bead_births.insert(i + 1, state.beads_trained)
         say(f"{where} -> bead {state.beads_trained} at t*={t_star:.3g} trained to {train.final_energy:.4g} "
             f"in {train.steps} steps ({path.n_beads} beads)")
@@ -317,15 +358,19 @@ def greedy_dss(
 
     if reason is not Reason.CONNECTED:  # complete the picture: evaluate what is left unchecked
         tick = time.perf_counter()
-        while (j := _next_segment(path, Order.DEPTH_FIRST)) is not None:
-            path.evaluate_segment(j, energy, config.grid_size)
+        while (j := _next_segment(records, Order.DEPTH_FIRST)) is not None:
+            _evaluate(path, records, j, energy, config.grid_size)
         state.segment_evaluation_s += time.perf_counter() - tick
-    worst = max(range(len(path.segments)), key=lambda j: path.segments[j].max_energy)
-    status = DSSStatus(connected=reason is Reason.CONNECTED, reason=reason, message=message,
-                       worst_barrier=path.segments[worst].max_energy, worst_segment=worst,
-                       beads_trained=state.beads_trained, elapsed_s=elapsed(),
-                       endpoint_energies=endpoint_energies)
-    state.elapsed_s, state.finished, state.status = status.elapsed_s, True, status.to_dict()
+    worst = max(range(len(records)), key=lambda j: records[j].max_energy)
+    outcome = Outcome(
+        connected=reason is Reason.CONNECTED, reason=reason.value, message=message,
+        worst_barrier=records[worst].max_energy, worst_segment=worst, elapsed_s=elapsed(),
+        extras={"beads_trained": state.beads_trained, "depth": state.depth, "grid_size": config.grid_size,
+                "max_interpolated_energy": records[worst].max_energy,
+                "segment_max_energy": [r.max_energy for r in records], "bead_log": state.bead_log,
+                "bead_births": state.bead_births, "bead_training_time_s": state.bead_training_s,
+                "segment_evaluation_time_s": state.segment_evaluation_s})
+    state.elapsed_s, state.finished, state.outcome = outcome.elapsed_s, True, outcome.to_dict()
     if checkpoint is not None:
         checkpoint(path, state)
-    return path, status
+    return path, outcome
