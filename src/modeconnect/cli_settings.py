@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from .certify import CertifyConfig
-from .errors import ConfigError
 from .experiments.connect_run import TASK_OPTIONS, ConnectRunConfig
 from .methods import DEFAULT_METHOD, METHODS
 from .settings import SettingSpec, field_docs, setting_specs
@@ -25,13 +24,11 @@ from .train import TrainConfig
 
 __all__ = ["add_run_flags", "run_config_from", "method_from_argv", "methods_epilog", "join_negative_values"]
 
-_RUN_CHOICES = {"task": tuple(TASKS), "method": tuple(METHODS), "activation": ("sigmoid", "relu", "tanh"),
+_RUN_CHOICES = {"task": tuple(TASKS), "activation": ("sigmoid", "relu", "tanh"),
                 "batchnorm": ("recompute", "interpolate", "freeze")}
 _RUN_TYPES = {"task": str, "threshold": float, "seed": int, "method": str, "activation": str, "data_seed": int,
               "n_eval": int, "n_train": int, "batchnorm": str}
-_GROUPS = (("method", ""), ("endpoint", "endpoint-"), ("certify", "certify-"))
-_TASK_DEFAULT = {("bead_training",): "the task's own", ("endpoint",): "the task's own",
-                 ("certify", "resolution"): "the task's own"}
+_GROUPS = ("method", "endpoint", "certify")
 
 
 def _parse_value(spec: SettingSpec):
@@ -85,6 +82,7 @@ def add_run_flags(parser: argparse.ArgumentParser, method: str, *, skip: Sequenc
                   helps: dict[str, str] | None = None) -> None:
     """Add the run settings and ``method``'s, endpoint training's and certification's settings as flags."""
     docs = field_docs(ConnectRunConfig)
+    choices = {**_RUN_CHOICES, "method": tuple(METHODS)}  # read now: a method may be registered after import
     run = parser.add_argument_group("run settings")
     for name, kind in _RUN_TYPES.items():
         if name in skip:
@@ -92,11 +90,11 @@ def add_run_flags(parser: argparse.ArgumentParser, method: str, *, skip: Sequenc
         default = ConnectRunConfig.__dataclass_fields__[name].default
         shown = f" (default: {default})" if default is not None else ""
         run.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=argparse.SUPPRESS,
-                         choices=_RUN_CHOICES.get(name), metavar=None if name in _RUN_CHOICES else kind.__name__.upper(),
+                         choices=choices.get(name), metavar=None if name in choices else kind.__name__.upper(),
                          help=(helps or {}).get(name, docs.get(name, "")) + shown)
     titles = {"method": f"settings of method {method}", "endpoint": "endpoint training",
               "certify": "certification (refined sampling)"}
-    groups = {g: parser.add_argument_group(titles[g]) for g, _ in _GROUPS}
+    groups = {g: parser.add_argument_group(titles[g]) for g in _GROUPS}
     for group, spec in _group_specs(method):
         groups[group].add_argument(
             "--" + spec.flag, dest=f"{group}:{'.'.join(spec.path)}", type=_parse_value(spec),
@@ -160,11 +158,3 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def check_method_flags(method: str) -> None:
-    """Fail early if a registered method's Config cannot be expressed as flags (a programming error)."""
-    try:
-        _group_specs(method)
-    except TypeError as exc:
-        raise ConfigError(f"method {method!r}: {exc}") from None

@@ -29,6 +29,7 @@ import dataclasses
 import enum
 import functools
 import inspect
+import re
 import textwrap
 import types
 import typing
@@ -74,7 +75,9 @@ def field_docs(cls: type) -> dict[str, str]:
         for node, nxt in zip(body, body[1:]):
             if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr)
                     and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
-                docs[node.target.id] = " ".join(nxt.value.value.split())
+                text = " ".join(nxt.value.value.split())
+                text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)  # :class:`TStar` -> TStar
+                docs[node.target.id] = text.replace("``", "")
     return docs
 
 
