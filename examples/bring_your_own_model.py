@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from modeconnect import Energy, Objective, connect
+from modeconnect import CertifyConfig, Energy, Objective, connect
 
 
 class SpiralNet(nn.Module):
@@ -87,11 +87,11 @@ def main(argv: list[str] | None = None) -> dict:
           f"{energy(dict(model_b.named_parameters())):.4f} (threshold {args.threshold})")
     result = connect(model_a, model_b, energy, threshold=args.threshold, objective=objective,
                      bead_training={"optimizer": "adam", "lr": 0.005, "batch_size": 128, "max_steps": 3000},
-                     max_beads=16, resolution=1e-2)
+                     max_beads=16, certification=CertifyConfig(resolution=1e-2))
     summary = result.summary()
-    print(f"connected: {result.connected} ({result.status.reason.value}); beads: {result.path.n_beads}; "
+    print(f"connected: {result.connected} ({result.outcome.reason}); beads: {result.path.n_beads}; "
           f"normalized length: {result.path.normalized_length:.4f}; "
-          f"certified max energy: {result.certificate.max_energy:.4f}")
+          f"sampled max energy: {result.certificate.max_energy:.4f}")
     if args.out:
         result.path.save(args.out)
         print(f"path saved in {args.out}")

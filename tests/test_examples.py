@@ -18,7 +18,7 @@ def test_bring_your_own_model_example(tmp_path):
     proc = subprocess.run([sys.executable, str(EXAMPLE), "--out", str(out)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
-    found = re.search(r"connected: (\w+) .*beads: (\d+); normalized length: ([\d.]+); certified max energy: ([\d.]+)",
+    found = re.search(r"connected: (\w+) .*beads: (\d+); normalized length: ([\d.]+); sampled max energy: ([\d.]+)",
                       proc.stdout)
     assert found, proc.stdout
     connected, beads, length, certified = found.group(1) == "True", int(found.group(2)), float(found.group(3)), \
