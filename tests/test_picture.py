@@ -202,3 +202,23 @@ def test_quadratic_task_picture():
     assert final["bead_energies"] == pytest.approx([task.energy(b) for b in beads], rel=1e-6)
     assert all(math.isfinite(e) for s in final["segments"] for e in s["energies"])
     assert len(pic["stages"]) == 3 and pic["stages"][0]["bead_indices"] == [0, 3]
+
+
+def test_a_curved_piece_is_drawn_along_the_curve_not_its_chord():
+    """The picture of a Bezier piece projects the curve's own points and evaluates the energy on them."""
+    from modeconnect.path import Bezier
+
+    energy = _energy64(7)
+    g = torch.Generator().manual_seed(8)
+    dim = flatten(energy.template).numel()
+    a, c, b = _beads(energy, torch.randn(3, dim, generator=g, dtype=torch.float64))
+    path = Path([a, b], [Bezier([c])])
+    pic = string_picture(path, energy, None, points_per_segment=9)
+    (segment,) = pic["stages"][0]["segments"]
+    ts = torch.tensor(segment["t"], dtype=torch.float64)
+    points = path.points(0, ts)
+    expected = [energy({k: v[i] for k, v in points.items()}) for i in range(len(ts))]
+    assert segment["energies"] == pytest.approx(expected, rel=1e-12)
+    coords = torch.tensor(segment["coords"])
+    chord = torch.lerp(coords[0], coords[-1], 0.5)
+    assert float(torch.linalg.norm(coords[4] - chord)) > 1e-3  # the midpoint is off the chord
