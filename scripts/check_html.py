@@ -26,7 +26,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+# --no-sandbox: CI runs as root, where chromium refuses to start sandboxed. --disable-dev-shm-usage: containers
+# often have a 64 MB /dev/shm, too small for the renderer; Debian's launcher adds the flag itself only when its
+# check of /dev/shm works (it breaks when findmnt lists /dev/shm twice), so it is passed here unconditionally.
+FLAGS = ["--headless", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--disable-background-networking",
          "--enable-unsafe-swiftshader", "--virtual-time-budget=8000"]
 
 

@@ -40,17 +40,24 @@ def trained_pair():
 def test_connect_two_modules_gives_a_certified_summary(trained_pair):
     (a, b), energy, objective = trained_pair
     before = [p.detach().clone() for p in a.parameters()]
+    # this pair is not linearly connected at 0.01 but connects with a few beads (3 here), well inside max_beads
     result = connect(a, b, energy, threshold=0.01, objective=objective, max_beads=20)
+    assert result.connected
     summary = result.summary()
     assert REQUIRED_KEYS <= set(summary)
-    assert summary["connected"] == result.connected
-    assert summary["n_beads"] == result.path.n_beads
-    assert summary["normalized_length"] >= 1.0
+    assert summary["connected"] is True and summary["reason"] == "connected"
+    assert summary["n_beads"] == result.path.n_beads >= 1
+    assert summary["normalized_length"] == pytest.approx(result.path.normalized_length)
+    assert summary["normalized_length"] > 1.0  # the beads bend the path
     assert summary["distance"] == pytest.approx(result.path.chord)
-    if result.connected:
-        assert summary["max_interpolated_energy"] <= 0.01
-    # the certificate refines the grid: it can only find a higher (or equal) maximum
+    assert summary["max_interpolated_energy"] <= 0.01
+    assert summary["endpoint_energies"] == [pytest.approx(energy(result.path.beads[0])),
+                                            pytest.approx(energy(result.path.beads[-1]))]
+    # every intermediate bead was trained to alpha * L0 (alpha = 0.8 by default)
+    assert all(energy(bead) <= 0.8 * 0.01 for bead in result.path.beads[1:-1])
+    # the certificate refines the grid: it can only find a higher (or equal) maximum, and here it stays below L0
     assert summary["certified_max_energy"] >= summary["max_interpolated_energy"] - 1e-12
+    assert summary["certified"] is True and summary["certified_max_energy"] <= 0.01
     assert summary["certification_resolution"] <= 1e-3
     # the caller's module is never modified
     assert all(torch.equal(p, q) for p, q in zip(before, a.parameters()))
@@ -58,9 +65,9 @@ def test_connect_two_modules_gives_a_certified_summary(trained_pair):
 
 def test_connect_accepts_a_full_config(trained_pair):
     (a, b), energy, objective = trained_pair
-    cfg = DSSConfig(threshold=0.5, tstar="midpoint")
+    cfg = DSSConfig(tstar="midpoint")
     result = connect(a, b, energy, threshold=0.01, objective=objective, config=cfg)
-    assert result.config.threshold == 0.01 and result.config.tstar.value == "midpoint"
+    assert result.threshold == 0.01 and result.config.tstar.value == "midpoint"
 
 
 def test_mismatched_architectures_are_named(trained_pair):
@@ -87,13 +94,20 @@ def test_non_finite_energy_is_refused(trained_pair):
 @pytest.mark.parametrize("settings, message", [
     ({"alpha": 2.0}, "alpha must be in"),
     ({"tolerance": 0.5}, "tolerance must be >= 1"),
-    ({"alpah": 0.5}, "unknown DSS setting"),
+    ({"alpah": 0.5}, r"unknown setting\(s\) alpah"),
     ({"tstar": "random"}, "unknown tstar"),
 ])
 def test_invalid_settings_are_refused(trained_pair, settings, message):
     (a, b), energy, objective = trained_pair
     with pytest.raises(ConfigError, match=message):
         connect(a, b, energy, threshold=0.01, objective=objective, **settings)
+
+
+@pytest.mark.parametrize("threshold", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_threshold_that_is_not_a_positive_number_is_refused(trained_pair, threshold):
+    (a, b), energy, objective = trained_pair
+    with pytest.raises(ConfigError, match="threshold must be a positive finite number"):
+        connect(a, b, energy, threshold=threshold, objective=objective)
 
 
 def test_non_module_input_is_refused(trained_pair):

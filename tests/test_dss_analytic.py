@@ -79,13 +79,12 @@ def landscape(tents, radius):
 
 
 def run(tents, radius, **settings):
-    """Greedy DSS from A to B; returns the path, the outcome, the state and the progress lines."""
+    """Greedy DSS from A to B at L0 with alpha = 0.55; returns the path, the outcome and the DSS state."""
     settings.setdefault("bead_training", SGD)
     energy, objective = landscape(tents, radius)
-    state, lines = DSSState(), []
+    state = DSSState()
     path, outcome = greedy_dss(Path([point(*A), point(*B)]), energy, objective,
-                               DSSConfig(alpha=ALPHA, grid_size=GRID, **settings), threshold=L0, state=state,
-                               progress=lines.append)
+                               DSSConfig(alpha=ALPHA, grid_size=GRID, **settings), threshold=L0, state=state)
     return path, outcome, state
 
 
@@ -100,13 +99,29 @@ def test_the_model_computes_the_hand_formula():
         assert energy(point(w1, w2)) == pytest.approx(hand_energy(tents, radius, w1, w2), abs=1e-15)
 
 
-def test_a_straight_segment_below_the_threshold_needs_no_bead():
-    tents, radius = [(0.25, 0.2)], 0.5  # one low tent: the whole segment stays at or below 0.2 < L0
-    path, outcome, state = run(tents, radius)
+@pytest.mark.parametrize("height, tolerance", [
+    (0.2, 1.0),    # below L0
+    (0.25, 1.0),   # exactly L0: accepted, the rule is max <= tolerance * L0
+    (0.3, 1.25),   # above L0 but within tolerance * L0 = 0.3125
+])
+def test_a_straight_segment_within_the_acceptance_level_needs_no_bead(height, tolerance):
+    tents, radius = [(0.25, height)], 0.5  # one low tent, its top on the grid at t = 0.625
+    path, outcome, state = run(tents, radius, tolerance=tolerance)
     assert outcome.connected and outcome.reason == Reason.CONNECTED.value
     assert path.n_beads == 0 and state.bead_log == []
     assert path.normalized_length == 1.0
-    assert outcome.worst_barrier == max(hand_grid(tents, radius, A, B)) == 0.2  # the tent's top, at t = 0.625
+    assert outcome.worst_barrier == max(hand_grid(tents, radius, A, B)) == height
+
+
+def test_a_barrier_just_above_the_acceptance_level_gets_a_bead():
+    tents, radius = [(0.25, 0.3)], 0.5  # 0.3 > 1.0 * L0; the bead starts at (0.25, 0) and climbs 0.3/16 per step
+    path, outcome, state = run(tents, radius)
+    assert outcome.connected and path.n_beads == 1
+    [entry] = state.bead_log
+    assert entry["t_star"] == 0.625 and entry["start_energy"] == 0.3
+    # 0.3 (1 - 0.3 k / 16) <= 0.1375 first at k = 29: 0.3 * (1 - 8.7/16) = 0.136875
+    assert entry["train_steps"] == 29 and entry["train_final_energy"] == pytest.approx(0.136875, abs=1e-12)
+    assert beads(path)[0][0] == 0.25 and beads(path)[0][1] == pytest.approx(29 * 0.3 / 16, abs=1e-12)
 
 
 def test_one_bead_at_the_grid_argmax_connects():

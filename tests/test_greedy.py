@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
+
 import pytest
 import torch
+from torch import nn
 
+from modeconnect.energy import Energy
+from modeconnect.errors import ConfigError
+from modeconnect.methods import DSSConfig, DSSState, Order, Reason, TStar, choose_tstar, greedy_dss
 from modeconnect.params import point_from_module
 from modeconnect.path import Path
-from modeconnect.seeding import derive_seed
-from modeconnect.strings import DSSConfig, DSSState, Order, Reason, TStar, choose_tstar, greedy_dss
 from modeconnect.tasks import make_task
-from modeconnect.train import TrainConfig, train_to_target
+from modeconnect.train import Objective, TrainConfig, train_to_target
 
 
 def trained_endpoints(task, threshold, seeds=(1, 2)):
@@ -26,10 +31,11 @@ def trained_endpoints(task, threshold, seeds=(1, 2)):
     return points
 
 
-def run(task, threshold, endpoints, **settings):
+def run(task, threshold, endpoints, state=None, **settings):
+    """Greedy DSS between ``endpoints``; returns ``(path, outcome)``."""
     settings.setdefault("bead_training", task.bead_training)
-    config = DSSConfig(threshold=threshold, **settings)
-    return greedy_dss(Path(list(endpoints)), task.energy, task.objective, config)
+    return greedy_dss(Path(list(endpoints)), task.energy, task.objective, DSSConfig(**settings), threshold=threshold,
+                      state=state)
 
 
 @pytest.fixture(scope="module")
@@ -47,23 +53,23 @@ def permutation():
 def test_convex_control_needs_no_bead():
     task = make_task("convex")
     a, b = trained_endpoints(task, task.default_threshold)
-    path, status = run(task, task.default_threshold, (a, b))
-    assert status.connected and status.reason is Reason.CONNECTED
-    assert path.n_beads == 0 and status.beads_trained == 0
+    path, outcome = run(task, task.default_threshold, (a, b))
+    assert outcome.connected and outcome.reason == Reason.CONNECTED
+    assert path.n_beads == 0 and outcome.extras["beads_trained"] == 0
     assert path.normalized_length == 1.0
-    # convexity: the segment maximum is an endpoint's energy
-    assert path.segments[0].max_energy == pytest.approx(max(task.energy(a), task.energy(b)), rel=1e-6)
+    # convexity: the maximum of the only segment is an endpoint's energy
+    assert outcome.worst_barrier == pytest.approx(max(task.energy(a), task.energy(b)), rel=1e-6)
 
 
 def test_permutation_task_is_not_connected_and_says_why(permutation):
     task, (a, b) = permutation
     # the two endpoints compute the same function
     assert task.energy(a) == pytest.approx(task.energy(b), abs=1e-7)
-    path, status = run(task, 0.02, (a, b), bead_training=TrainConfig(lr=0.01, max_steps=300))
-    assert not status.connected
-    assert status.reason is Reason.BEAD_NOT_TRAINED
-    assert "bead" in status.message and "target" in status.message
-    assert status.worst_barrier > 0.02 and status.worst_barrier == path.max_interpolated_energy
+    path, outcome = run(task, 0.02, (a, b), bead_training=TrainConfig(lr=0.01, max_steps=300))
+    assert not outcome.connected
+    assert outcome.reason == Reason.BEAD_NOT_TRAINED
+    assert "bead" in outcome.message and "target" in outcome.message
+    assert outcome.worst_barrier > 0.02 and outcome.worst_barrier == max(outcome.extras["segment_max_energy"])
 
 
 @pytest.mark.parametrize("settings, reason", [
@@ -73,114 +79,181 @@ def test_permutation_task_is_not_connected_and_says_why(permutation):
 ])
 def test_each_budget_is_reported(permutation, settings, reason):
     task, (a, b) = permutation
-    path, status = run(task, 0.02, (a, b), **settings)
-    assert not status.connected and status.reason is reason
-    assert status.beads_trained == 0 and path.n_beads == 0
-    assert status.worst_barrier > 0.02
-    assert all(s.evaluated for s in path.segments)
+    path, outcome = run(task, 0.02, (a, b), **settings)
+    assert not outcome.connected and outcome.reason == reason
+    assert outcome.extras["beads_trained"] == 0 and path.n_beads == 0
+    assert outcome.worst_barrier > 0.02
+    # every segment of the final path was evaluated
+    assert len(outcome.extras["segment_max_energy"]) == path.n_pieces
+    assert all(m is not None for m in outcome.extras["segment_max_energy"])
 
 
 def test_connected_path_satisfies_its_acceptance_rule(quadratic):
     task, (a, b) = quadratic
-    path, status = run(task, 0.02, (a, b), alpha=0.8)
-    assert status.connected and path.n_beads >= 2
-    assert all(s.max_energy <= 0.02 for s in path.segments)
+    state = DSSState()
+    path, outcome = run(task, 0.02, (a, b), alpha=0.8, state=state)
+    assert outcome.connected and path.n_beads >= 2
+    assert all(m <= 0.02 for m in outcome.extras["segment_max_energy"])
     assert path.normalized_length >= 1.0
     # endpoints untouched, every intermediate bead trained to alpha * L0
     assert all(torch.equal(path.beads[0][k], a[k]) and torch.equal(path.beads[-1][k], b[k]) for k in a)
     assert all(task.energy(bead) <= 0.8 * 0.02 for bead in path.beads[1:-1])
     # the depth recorded matches the nesting of insertions
-    assert path.depth == max(s.depth for s in path.segments) >= 1
+    assert outcome.extras["depth"] == max(entry["depth"] for entry in state.bead_log) >= 1
 
 
 def test_same_seed_same_path_different_seed_different_path(quadratic):
     task, (a, b) = quadratic
-    p1, s1 = run(task, 0.02, (a, b), seed=5)
-    p2, s2 = run(task, 0.02, (a, b), seed=5)
-    assert s1.connected == s2.connected and p1.n_beads == p2.n_beads
+    # the seed reaches a bead only through the order of its minibatches: train beads on minibatches of 32
+    # (the task's own bead training is full-batch, where the seed has nothing to change)
+    minibatch = replace(task.bead_training, batch_size=32)
+
+    def dss(seed):
+        state = DSSState()
+        path, outcome = run(task, 0.02, (a, b), seed=seed, bead_training=minibatch, state=state)
+        assert state.bead_log and all(entry["train_steps"] > 0 for entry in state.bead_log)  # beads were trained
+        first = path.beads[state.bead_births.index(1)]  # the first bead trained, wherever it sits on the path
+        return path, outcome, first, state.bead_log[0]
+
+    p1, o1, first1, log1 = dss(5)
+    p2, o2, _, _ = dss(5)
+    p3, _, first3, log3 = dss(6)
+    # same seed: bit-identical beads
+    assert (o1.connected, o1.reason, p1.n_beads) == (o2.connected, o2.reason, p2.n_beads)
     assert all(torch.equal(x[k], y[k]) for x, y in zip(p1.beads, p2.beads) for k in x)
-    assert [s.max_energy for s in p1.segments] == [s.max_energy for s in p2.segments]
-    assert derive_seed(5, "bead", 0) != derive_seed(6, "bead", 0)
+    # another seed: the first bead starts from the same point of the same segment, but is trained on other
+    # minibatches, so it ends elsewhere (and so does the string)
+    assert p1.n_beads >= 1 and p3.n_beads >= 1
+    assert (log1["segment"], log1["t_star"], log1["start_energy"]) == (log3["segment"], log3["t_star"],
+                                                                      log3["start_energy"])
+    assert not all(torch.equal(first1[k], first3[k]) for k in first1)
+    assert p1.n_beads != p3.n_beads or not all(torch.equal(x[k], y[k]) for x, y in zip(p1.beads, p3.beads) for k in x)
+
+
+def tent_line(centres, radius=0.08):
+    """A one-parameter landscape: E(w) = sum of unit tents max(0, 1 - |w - c| / radius), as an MAE on one input.
+
+    Between A = -1 and B = 1 the segment parameter is t = (w + 1) / 2. A bead started where E = 0 needs no
+    training (0 steps): it is exactly the point where it started, so the whole run is known in advance.
+    """
+
+    class Line(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+
+        def forward(self, x):
+            return x * sum(torch.clamp(1 - (self.w - c).abs() / radius, min=0) for c in centres)
+
+    x, y = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+    ends = [{"w": torch.tensor([v], dtype=torch.float64)} for v in (-1.0, 1.0)]
+    return Energy(Line(), x, y, "mae", strategy="loop"), Objective(x, y, "mae"), ends
+
+
+def two_pending_failing_segments(order):
+    """Midpoint rule on tents at t = 0.3 and t = 0.8 (w = -0.4 and 0.6), each narrower than the gaps between
+    the midpoints DSS visits, at L0 = 0.25 and with at most 3 beads.
+
+    Both orders first split [0, 1] at t = 0.5 and then [0, 0.5] at t = 0.25 (the leftmost and, at depth 1,
+    also the shallowest). That leaves three unchecked segments: [0, 0.25] (depth 2, passes), [0.25, 0.5]
+    (depth 2, fails: tent at 0.3) and [0.5, 1] (depth 1, fails: tent at 0.8). Depth-first takes the leftmost
+    unchecked one first, so its third bead splits [0.25, 0.5] at t = 0.375 (segment 1); breadth-first takes
+    the shallowest, so its third bead splits [0.5, 1] at t = 0.75 (segment 2).
+    """
+    energy, objective, ends = tent_line([-0.4, 0.6])
+    state, lines = DSSState(), []
+    config = DSSConfig(tstar="midpoint", order=order, max_beads=3,
+                       bead_training=TrainConfig(optimizer="sgd", lr=0.1, max_steps=10))
+    path, outcome = greedy_dss(Path(ends), energy, objective, config, threshold=0.25, state=state,
+                               progress=lines.append)
+    assert outcome.reason == Reason.BEAD_BUDGET_EXHAUSTED and path.n_beads == 3
+    assert all(entry["train_steps"] == 0 and entry["t_star"] == 0.5 for entry in state.bead_log)
+    # the segments in the order DSS evaluated them, as (index, depth), from its progress lines
+    visited = []
+    for line in lines:
+        found = re.match(r"segment (\d+) \(depth (\d+)\)", line)
+        if found:
+            visited.append((int(found[1]), int(found[2])))
+    ts = [(float(bead["w"]) + 1) / 2 for bead in path.beads]
+    return [entry["segment"] for entry in state.bead_log], [entry["depth"] for entry in state.bead_log], ts, visited
+
+
+def test_depth_first_takes_the_leftmost_unchecked_segment():
+    segments, depths, ts, visited = two_pending_failing_segments(Order.DEPTH_FIRST)
+    assert segments == [0, 0, 1] and depths == [1, 2, 3]
+    assert ts == [0.0, 0.25, 0.375, 0.5, 1.0]
+    # it checked [0, 0.25] (segment 0, depth 2) before the failing [0.25, 0.5], never reaching [0.5, 1]
+    assert visited == [(0, 0), (0, 1), (0, 2), (1, 2)]
+
+
+def test_breadth_first_takes_the_shallowest_unchecked_segment():
+    segments, depths, ts, visited = two_pending_failing_segments(Order.BREADTH_FIRST)
+    assert segments == [0, 0, 2] and depths == [1, 2, 2]
+    assert ts == [0.0, 0.25, 0.5, 0.75, 1.0]
+    # after the second bead it went to [0.5, 1] (segment 2, depth 1) before either depth-2 segment
+    assert visited[:3] == [(0, 0), (0, 1), (2, 1)]
 
 
 def test_breadth_first_refines_round_by_round(quadratic):
     task, (a, b) = quadratic
     state = DSSState()
-    path, status = greedy_dss(Path([a, b]), task.energy, task.objective,
-                              DSSConfig(threshold=0.02, order=Order.BREADTH_FIRST, bead_training=task.bead_training),
-                              state=state)
+    path, outcome = run(task, 0.02, (a, b), order=Order.BREADTH_FIRST, state=state)
     depths = [entry["depth"] for entry in state.bead_log]
     assert len(depths) >= 2 and depths == sorted(depths)
-    assert status.connected == all(s.max_energy <= 0.02 for s in path.segments)
-
-
-def test_depth_first_takes_the_leftmost_segment(quadratic):
-    task, (a, b) = quadratic
-    state = DSSState()
-    greedy_dss(Path([a, b]), task.energy, task.objective,
-               DSSConfig(threshold=0.02, bead_training=task.bead_training), state=state)
-    # after a bead is inserted into segment i, the next bead (if any) goes into segment i or later
-    segments = [entry["segment"] for entry in state.bead_log]
-    depths = [entry["depth"] for entry in state.bead_log]
-    for k in range(1, len(segments)):
-        if depths[k] > depths[k - 1]:  # going deeper: must be the left child
-            assert segments[k] == segments[k - 1]
+    assert outcome.connected == all(m <= 0.02 for m in outcome.extras["segment_max_energy"])
 
 
 def test_identical_endpoints_give_an_empty_path(quadratic):
     task, (a, _) = quadratic
-    path, status = run(task, 0.02, (a, {k: v.clone() for k, v in a.items()}))
-    assert status.connected and path.n_beads == 0
+    path, outcome = run(task, 0.02, (a, {k: v.clone() for k, v in a.items()}))
+    assert outcome.connected and path.n_beads == 0
     assert path.length == 0.0 and path.normalized_length == 1.0
 
 
 def test_checkpoint_is_called_after_every_bead(quadratic):
     task, (a, b) = quadratic
     seen = []
-    path, status = greedy_dss(Path([a, b]), task.energy, task.objective,
-                              DSSConfig(threshold=0.02, bead_training=task.bead_training),
-                              checkpoint=lambda p, s: seen.append((p.n_beads, s.finished)))
+    path, _ = greedy_dss(Path([a, b]), task.energy, task.objective, DSSConfig(bead_training=task.bead_training),
+                         threshold=0.02, checkpoint=lambda p, s: seen.append((p.n_beads, s.finished)))
     assert seen[-1] == (path.n_beads, True)
     assert [n for n, finished in seen if not finished] == list(range(1, path.n_beads + 1))
 
 
 def test_tstar_rules():
     ts = torch.linspace(0, 1, 21, dtype=torch.float64)
-    cfg = DSSConfig(threshold=1.0)
+    cfg = DSSConfig()
     bump = torch.exp(-((ts - 0.7) ** 2) / 0.01)
-    assert choose_tstar(ts, bump, cfg) == pytest.approx(0.7)
-    assert choose_tstar(ts, bump, DSSConfig(threshold=1.0, tstar=TStar.MIDPOINT)) == 0.5
+    assert choose_tstar(ts, bump, cfg, 1.0) == pytest.approx(0.7)
+    assert choose_tstar(ts, bump, DSSConfig(tstar=TStar.MIDPOINT), 1.0) == 0.5
     # a maximum at the endpoint is never returned: the bead would duplicate it
     rising = ts.clone()
-    assert choose_tstar(ts, rising, cfg) == pytest.approx(0.95)
-    assert choose_tstar(ts, rising, DSSConfig(threshold=1.0, tstar_margin=0.2)) == pytest.approx(0.8)
-    # flat (or noise below flat_tolerance * L0) profile -> 0.5
-    assert choose_tstar(ts, 0.3 + 1e-6 * torch.sin(50 * ts), cfg) == 0.5
+    assert choose_tstar(ts, rising, cfg, 1.0) == pytest.approx(0.95)
+    assert choose_tstar(ts, rising, DSSConfig(tstar_margin=0.2), 1.0) == pytest.approx(0.8)
+    # flat (or noise below flat_tolerance * L0) profile -> 0.5; "flat" is relative to L0
+    wiggle = 0.3 + 1e-6 * torch.sin(50 * ts)
+    assert choose_tstar(ts, wiggle, cfg, 1.0) == 0.5
+    assert choose_tstar(ts, wiggle, cfg, 1e-4) != 0.5
     # a NaN spike counts as the worst place
     spiky = torch.zeros(21, dtype=torch.float64)
     spiky[6] = float("inf")
-    assert choose_tstar(ts, spiky, cfg) == pytest.approx(0.3)
+    assert choose_tstar(ts, spiky, cfg, 1.0) == pytest.approx(0.3)
     # every interior point non-finite (e.g. the model overflows): still a t* inside the margin, no crash
     blown = torch.full((21,), float("inf"), dtype=torch.float64)
-    assert choose_tstar(ts, blown, cfg) == pytest.approx(0.05)
+    assert choose_tstar(ts, blown, cfg, 1.0) == pytest.approx(0.05)
 
 
 @pytest.mark.parametrize("bad", [
-    {"threshold": 0.0}, {"threshold": float("nan")}, {"threshold": 1.0, "alpha": 0.0},
-    {"threshold": 1.0, "alpha": 1.5}, {"threshold": 1.0, "tolerance": 0.9}, {"threshold": 1.0, "grid_size": 2},
-    {"threshold": 1.0, "tstar": "max"}, {"threshold": 1.0, "order": "random"}, {"threshold": 1.0, "max_depth": -1},
-    {"threshold": 1.0, "tstar_margin": 0.5}, {"threshold": 1.0, "max_time_s": 0},
+    {"alpha": 0.0}, {"alpha": 1.5}, {"tolerance": 0.9}, {"grid_size": 2}, {"tstar": "max"}, {"order": "random"},
+    {"max_depth": -1}, {"tstar_margin": 0.5}, {"max_time_s": 0},
 ])
 def test_invalid_settings_are_refused_with_a_message(bad):
-    from modeconnect.errors import ConfigError
-
     with pytest.raises(ConfigError) as info:
         DSSConfig(**bad)
-    assert any(name in str(info.value) for name in bad if name != "threshold" or len(bad) == 1)
+    assert any(name in str(info.value) for name in bad)
 
 
 def test_config_round_trips_through_dict():
-    cfg = DSSConfig(threshold=0.1, alpha=0.6, tstar="midpoint", order="breadth_first",
+    cfg = DSSConfig(alpha=0.6, tstar="midpoint", order="breadth_first",
                     bead_training=TrainConfig(lr=0.003, max_steps=10))
     again = DSSConfig.from_dict(cfg.to_dict())
     assert again == cfg and again.tstar is TStar.MIDPOINT and again.bead_training.max_steps == 10
@@ -189,8 +262,7 @@ def test_config_round_trips_through_dict():
 def test_bead_births_record_the_string_after_every_bead(quadratic):
     task, (a, b) = quadratic
     state = DSSState()
-    path, status = greedy_dss(Path([a, b]), task.energy, task.objective,
-                              DSSConfig(threshold=0.02, bead_training=task.bead_training), state=state)
+    path, _ = run(task, 0.02, (a, b), state=state)
     births = state.bead_births
     assert len(births) == len(path.beads) and births[0] == births[-1] == 0
     assert sorted(births[1:-1]) == list(range(1, path.n_beads + 1))  # every bead of this run was trained here
@@ -207,6 +279,6 @@ def test_bead_births_record_the_string_after_every_bead(quadratic):
 def test_resuming_with_a_state_that_does_not_match_the_path_is_refused(quadratic):
     task, (a, b) = quadratic
     mid = {k: (a[k] + b[k]) / 2 for k in a}
-    with pytest.raises(ValueError, match="bead births"):
-        greedy_dss(Path([a, mid, b]), task.energy, task.objective, DSSConfig(threshold=0.02),
+    with pytest.raises(ConfigError, match="bead births"):
+        greedy_dss(Path([a, mid, b]), task.energy, task.objective, DSSConfig(), threshold=0.02,
                    state=DSSState(bead_births=[0, 0]))

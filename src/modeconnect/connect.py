@@ -114,7 +114,8 @@ def summarize(connection: Connection) -> dict[str, Any]:
 
 def _as_point(model: nn.Module | Mapping[str, Tensor], name: str, energy: Energy) -> Point:
     if isinstance(model, nn.Module):
-        return energy.point_of(model)  # parameters, plus whatever state the energy's policy carries in points
+        # parameters, plus the buffers the energy's policy carries in points
+        return point_from_module(model, energy.batchnorm)
     if isinstance(model, Mapping):
         return {k: v.detach().clone() for k, v in model.items()}
     raise ConfigError(f"{name} must be an nn.Module or a dict of parameter tensors, got {type(model).__name__}")
@@ -184,6 +185,7 @@ def connect(
     config = method_config(method, config, **settings)
     a, b = _as_point(model_a, "model_a", energy), _as_point(model_b, "model_b", energy)
     check_compatible(a, b, "model_a", "model_b")
+    energy.check_point(a, "model_a")
     return connect_path(Path([a, b]), energy, threshold=threshold, method=method, config=config,
                         objective=objective, certify_path=certify_path, certification=certification,
                         progress=progress)
