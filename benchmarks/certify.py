@@ -2,27 +2,34 @@
 
 Run from the repository root:
 
-    .venv/bin/python benchmarks/certify.py                          # MNIST data from $MODECONNECT_DATA
-    .venv/bin/python benchmarks/certify.py --data-dir /work/shared/data
-    .venv/bin/python benchmarks/certify.py --skip-mnist             # cubic only (~10 s)
+    .venv/bin/python benchmarks/certify.py --data-dir /work/shared/data   # ~3 min on 2 cores (or $MODECONNECT_DATA)
+    .venv/bin/python benchmarks/certify.py --cache /tmp/certify-paths     # build the paths once, reuse them
+    .venv/bin/python benchmarks/certify.py --skip-mnist                   # cubic only (~30 s)
     .venv/bin/python benchmarks/certify.py --mnist-path RUN/path --cubic-path RUN/path   # saved paths
 
 What it prints, per path (one row per method, all on the same path in the same run):
   * ``legacy``: the algorithm before this change, copied here as :func:`legacy_certify_segment` (every
     sample >= both neighbours is a local maximum; 8 new points between its neighbours per round);
-  * ``current``: :func:`modeconnect.certify.certify_segment` with the task's resolution;
+  * ``current``: :func:`modeconnect.certify.certify_segment` at the task's resolution (MNIST 1e-2, cubic 1e-3);
   * ``uniform``: a plain uniform grid at spacing <= the resolution, a reference for the maximum found;
-  * evaluations (counted by a wrapper around the energy, not by the algorithms), seconds (best of
-    ``--repeats``), the evaluation and time ratios legacy / method (> 1: fewer / faster than legacy), the
-    resolution each reached (widest gap within and next to a sampled maximum), the largest energy found and
-    where (piece, t), and how many final samples each local-maximum rule counts as maxima;
-  * one line per path saying whether legacy and current found the same maximum, or by how much they differ,
-    and one line saying whether the target holds: >= 4x fewer evaluations on MNIST, same maximum.
+  * per method: evaluations (counted by a wrapper around the energy, not taken from the algorithms);
+    calls to the energy (one batch per piece per round; on tiny models a call's overhead, not the
+    evaluations, sets the time); seconds (best of ``--repeats``, interleaved); the ratios legacy / method
+    of both (> 1: fewer / faster than legacy); the resolution reached (each method's own measure: legacy,
+    the spacing next to its >= maxima; current, the widest gap within and next to a sampled maximum;
+    uniform, its spacing); the largest energy found and where (piece, t); and how many of the final
+    samples each rule calls a maximum (``>= maxima``: samples >= both neighbours; ``run maxima``: runs of
+    equal samples above both neighbours);
+  * per path, whether legacy and current found the same maximum or by how much they differ; at the end,
+    whether the target holds: >= 4x fewer evaluations on MNIST with the same maximum found.
 
-Paths: by default the benchmark builds them itself (so that it does not depend on the CLI): two endpoints
-of the task trained to the threshold (MNIST: 2% test error on 500 images; cubic: 0.05), joined by a
-small greedy string (a bead trained to the threshold at the worst point of the worst piece on a 33-point
-grid, at most 4 beads). Timings are noisy on a shared 2-core machine; the evaluation counts are exact.
+Paths: by default the benchmark builds them (so that it does not depend on the CLI): two endpoints of the
+task trained to the threshold (MNIST: 2% test error on its 500 test images; cubic: 0.05), joined by a small
+greedy string: a bead trained to the threshold at the worst point of the worst piece on a 33-point grid,
+at most ``--beads`` of them (default 2, so 3 pieces; the MNIST path then still peaks at 2.6%, and
+``--beads 4`` brings it to about 2.2% in twice the time). Timings are noisy on a shared 2-core machine;
+the evaluation counts are exact. One MNIST evaluation (500 images) costs 20-50 ms here, so the legacy
+algorithm and the path's training take most of the run.
 """
 
 from __future__ import annotations
@@ -143,14 +150,14 @@ def run_method(name, segment_fn, path: Path, energy) -> dict:
     counted = sum(len(np.concatenate(rec.ts)) for rec in recorders)
     assert counted == sum(r[3] for r in results), f"{name}: reported evaluations differ from those counted"
     legacy_maxima, current_maxima = map(sum, zip(*(maxima_counts(rec.samples()[1]) for rec in recorders)))
-    return {"name": name, "evaluations": counted, "seconds": seconds, "max": results[k][0], "piece": k,
-            "t": results[k][1], "resolution": max(r[2] for r in results),
-            "legacy_maxima": legacy_maxima, "current_maxima": current_maxima}
+    return {"name": name, "evaluations": counted, "calls": sum(len(rec.ts) for rec in recorders),
+            "seconds": seconds, "max": results[k][0], "piece": k, "t": results[k][1],
+            "resolution": max(r[2] for r in results), "legacy_maxima": legacy_maxima, "current_maxima": current_maxima}
 
 
 def build_path(task, threshold: float, seeds: tuple[int, int], max_beads: int, say) -> Path:
     """Two endpoints trained to ``threshold`` and a small greedy string between them (see the module doc)."""
-    ends = []
+    start_time, ends = time.perf_counter(), []
     for seed in seeds:
         point, status = train_to_target(task.energy.point_of(task.make_model(seed)), energy=task.energy,
                                         objective=task.objective, target=threshold,
@@ -171,7 +178,21 @@ def build_path(task, threshold: float, seeds: tuple[int, int], max_beads: int, s
         beads = [*beads[: worst + 1], bead, *beads[worst + 1:]]
         say(f"  bead {n + 1} at t={float(t):.3f} of piece {worst} (grid max {float(profiles[worst].max()):.4g}): "
             f"energy {task.energy(bead):.4g}")
+    say(f"  built in {time.perf_counter() - start_time:.1f} s")
     return Path(beads)
+
+
+def get_path(name: str, task, threshold: float, saved: str | None, args, say) -> Path:
+    """A saved path (``--NAME-path``), a cached one (``--cache``), or one built now (and cached)."""
+    cached = FsPath(args.cache) / f"{name}-beads{args.beads}" if args.cache else None
+    source = saved or (cached if cached is not None and cached.exists() else None)
+    say(f"{name} path (threshold {threshold:g}): " + (f"loaded from {source}" if source else "building"))
+    if source:
+        return Path.load(source)
+    path = build_path(task, threshold, (1, 2), args.beads, say)
+    if cached is not None:
+        path.save(cached)
+    return path
 
 
 def bench_path(label: str, path: Path, energy, resolution: float, repeats: int) -> list[dict]:
@@ -191,9 +212,10 @@ def bench_path(label: str, path: Path, energy, resolution: float, repeats: int) 
     legacy = best["legacy"]
     print(f"\n{label}: {path.n_pieces} piece(s), resolution {resolution:g} in t "
           f"(current starts from a {config.grid_points}-point grid)")
-    header = ("method", "evals", "legacy/evals", "seconds", "legacy/time", "reached", "max found", "at (piece, t)",
-              ">= maxima", "run maxima")
-    table = [(r["name"], r["evaluations"], f"{legacy['evaluations'] / r['evaluations']:.2f}x", f"{r['seconds']:.3g}",
+    header = ("method", "evals", "legacy/evals", "calls", "seconds", "legacy/time", "reached", "max found",
+              "at (piece, t)", ">= maxima", "run maxima")
+    table = [(r["name"], r["evaluations"], f"{legacy['evaluations'] / r['evaluations']:.2f}x", r["calls"],
+              f"{r['seconds']:.3g}",
               f"{legacy['seconds'] / r['seconds']:.2f}x", f"{r['resolution']:.3g}", f"{r['max']:.6g}",
               f"({r['piece']}, {r['t']:.4f})", r["legacy_maxima"], r["current_maxima"]) for r in rows]
     widths = [max(len(str(x[i])) for x in [header, *table]) for i in range(len(header))]
@@ -212,7 +234,9 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None, help="data directory holding mnist/ (default $MODECONNECT_DATA)")
     parser.add_argument("--mnist-path", default=None, help="a saved MNIST path directory (RUN/path) to certify")
     parser.add_argument("--cubic-path", default=None, help="a saved cubic path directory (RUN/path) to certify")
+    parser.add_argument("--cache", default=None, help="keep built paths in this directory and reuse them next time")
     parser.add_argument("--skip-mnist", action="store_true", help="cubic path only")
+    parser.add_argument("--beads", type=int, default=2, help="most beads of a built path (default 2: 3 pieces)")
     parser.add_argument("--repeats", type=int, default=1, help="timed repeats per method (best is kept)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     args = parser.parse_args()
@@ -223,14 +247,11 @@ def main() -> None:
 
     results = {}
     cubic = make_task("cubic")
-    say("cubic path (threshold 0.05)" + (f": loaded from {args.cubic_path}" if args.cubic_path else ": building"))
-    path = Path.load(args.cubic_path) if args.cubic_path else build_path(cubic, 0.05, (1, 2), 1, say)
-    results["cubic"] = bench_path("cubic", path, cubic.energy, cubic.certify_resolution, max(args.repeats, 3))
+    path = get_path("cubic", cubic, 0.05, args.cubic_path, args, say)
+    results["cubic"] = bench_path("cubic", path, cubic.energy, cubic.certify_resolution, max(args.repeats, 5))
     if not args.skip_mnist:
         mnist = make_task("mnist", data_dir=args.data_dir)
-        say("MNIST path (threshold 2% test error)" + (f": loaded from {args.mnist_path}" if args.mnist_path
-                                                       else ": building"))
-        path = Path.load(args.mnist_path) if args.mnist_path else build_path(mnist, 2.0, (1, 2), 4, say)
+        path = get_path("mnist", mnist, 2.0, args.mnist_path, args, say)
         results["mnist"] = bench_path("MNIST", path, mnist.energy, mnist.certify_resolution, args.repeats)
 
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f} (timings are trustworthy only on an idle machine)")

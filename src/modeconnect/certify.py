@@ -6,13 +6,13 @@ higher than the samples on both sides of it. Plateaus matter: test error on a fe
 step function, and counting every sample of a plateau as its own maximum (the old ``>=`` rule) made
 2,031 of 2,068 samples of an MNIST path "maxima", each refined separately, for 81-86% of a connect's time.
 
-Refinement, round by round, until no gap is left or ``max_evaluations`` is spent:
-
-* the two *edge* gaps of a maximum (between it and its lower neighbours) are cut into at most
-  ``refine_points + 1`` equal parts (default 2: bisection, the fewest evaluations to locate a peak or
-  the edge of a step), and never into more parts than bring the gap to ``resolution``;
-* the *interior* gaps of a plateau are filled at once with just enough equally spaced points to bring
-  them to ``resolution``: every one of them has to be sampled anyway, so one batch is cheapest.
+Refinement goes round by round until no gap is left or ``max_evaluations`` is spent: every gap wider
+than ``resolution`` within or next to a maximum (between it and its lower neighbours) is cut into
+``refine_points + 1`` equal parts (default 2: bisection, the fewest evaluations to locate a peak or the
+edge of a step), or fewer if fewer bring it to ``resolution``. So the spacing ends just below the
+resolution, between half of it and all of it, instead of overshooting; each round's new points go to
+the energy in one batch. Small steps also suit a budget that runs out mid-round: no gap is left filled
+from one end while its peak sits at the other.
 
 The first grid has ``min(65, ceil(1 / resolution) + 1)`` points: a resolution coarser than 1/64 is
 met by a uniform grid at once (and then holds everywhere on the piece); a finer one starts from 65
@@ -24,7 +24,7 @@ What is established (kept honest; ``Certificate.kind`` is ``"sampled"``):
   sampled local maximum of every piece: the samples of each plateau, its interior included (a narrow
   spike can hide between any two of them, at the highest level found), and the lower samples just
   outside it. It is at most the resolution asked unless the budget ran out (then it says how far it
-  got), and more than half of it wherever refinement was needed: the spacing never overshoots.
+  got), and more than half of it unless the first grid was already finer: it never overshoots.
 * Hence, if the energy is L-Lipschitz in ``t`` and the true maximum of a piece lies within the bracket
   of one of its sampled local maxima, the reported maximum is within ``L * resolution / 2`` of it.
 * Elsewhere -- on slopes and in valleys of the sampled profile -- a piece is sampled only as finely as
@@ -64,8 +64,9 @@ __all__ = ["CertifyConfig", "Certificate", "certify", "certify_segment"]
 DEFAULT_GRID = 65
 """Points of the first grid when the resolution asked is finer than its spacing, 1/64."""
 _SLACK = 1e-9
-"""Relative slack on spacing comparisons, so that rounding (``linspace(0, 1, 101)``'s gaps are 0.01 give
-or take 1e-17) neither calls a gap of exactly ``resolution`` too wide nor adds a needless point."""
+"""Relative slack on spacing comparisons, so that rounding (``linspace(0, 1, 21)``'s widest gap is
+0.05 + 4e-17) neither calls a gap of exactly ``resolution`` too wide, nor adds a needless point, nor
+reports the resolution as missed."""
 
 
 def _is_int(value: Any) -> bool:
@@ -82,8 +83,8 @@ class CertifyConfig:
     """Points of the first uniform grid per piece (endpoints included). None: ``min(65, ceil(1/resolution)
     + 1)``, the coarsest grid that either meets a coarse resolution at once or sees the profile's shape."""
     refine_points: int = 1
-    """At most this many new points per edge gap of a maximum per round (1 = bisection: fewest evaluations;
-    more: fewer rounds, i.e. fewer and larger batches). Never more than bring the gap to ``resolution``."""
+    """At most this many new points per too-wide gap of a maximum per round: 1 = bisection (fewest
+    evaluations); more = fewer, larger batches. Never more than bring the gap to ``resolution``."""
     max_evaluations: int = 4000
     """Cap on evaluated points per piece; if hit, the certificate reports the resolution achieved."""
 
@@ -107,7 +108,7 @@ class CertifyConfig:
         return min(DEFAULT_GRID, math.ceil(1.0 / self.resolution * (1 - _SLACK)) + 1)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "grid_points": self.grid_points}
+        return asdict(self)  # fields only, so that it round-trips; the grid used is in the Certificate
 
 
 @dataclass(frozen=True)
@@ -162,12 +163,12 @@ class Certificate:
         return {**asdict(self), "certified": self.certified, "statement": self.statement}
 
 
-def _maximum_gaps(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _maximum_gaps(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The gaps (index j: between samples j and j + 1) within and next to every local maximum.
 
-    Returns ``(gap, is_edge, level)``: each such gap, whether it is an edge gap (next to a lower
-    neighbour) rather than a plateau's interior, and the value of the maximum it belongs to. Brackets of
-    different maxima never share a gap: a lower sample always separates two maxima.
+    A local maximum is a run of equal samples higher than the samples on both sides; its gaps are the
+    ones inside the run and the two to its lower neighbours. Returns ``(gap, level)``: each such gap and
+    the value of its maximum. Two maxima never share a gap: a lower sample always lies between them.
     """
     n = len(values)
     starts = np.concatenate([[0], np.flatnonzero(values[1:] != values[:-1]) + 1])
@@ -176,14 +177,9 @@ def _maximum_gaps(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     left = np.where(starts > 0, values[np.maximum(starts - 1, 0)], -np.inf)
     right = np.where(ends < n - 1, values[np.minimum(ends + 1, n - 1)], -np.inf)
     peak = (level > left) & (level > right)
-    gaps, edges, levels = [], [], []
-    for s, e, v in zip(starts[peak], ends[peak], level[peak]):
-        lo, hi = max(s - 1, 0), min(e, n - 2)  # gap s-1 is the left edge, gap e the right edge
-        js = np.arange(lo, hi + 1)
-        gaps.append(js)
-        edges.append((js == s - 1) | (js == e))
-        levels.append(np.full(len(js), v))
-    return np.concatenate(gaps), np.concatenate(edges), np.concatenate(levels)
+    gaps = [np.arange(max(s - 1, 0), min(e, n - 2) + 1) for s, e in zip(starts[peak], ends[peak])]
+    levels = [np.full(len(g), v) for g, v in zip(gaps, level[peak])]
+    return np.concatenate(gaps), np.concatenate(levels)
 
 
 def certify_segment(evaluate: Callable[[np.ndarray], np.ndarray], config: CertifyConfig
@@ -198,14 +194,13 @@ def certify_segment(evaluate: Callable[[np.ndarray], np.ndarray], config: Certif
     values = np.nan_to_num(np.asarray(evaluate(ts), dtype=np.float64), nan=np.inf)
     while True:
         budget = config.max_evaluations - len(ts)
-        gap, is_edge, level = _maximum_gaps(values)
+        gap, level = _maximum_gaps(values)
         width = ts[gap + 1] - ts[gap]
         coarse = width > r * (1 + _SLACK)
         if budget <= 0 or not coarse.any() or np.isinf(values.max()):
             break
-        gap, is_edge, level, width = gap[coarse], is_edge[coarse], level[coarse], width[coarse]
-        parts = np.ceil(width / r * (1 - _SLACK)).astype(int)
-        parts = np.where(is_edge, np.minimum(parts, config.refine_points + 1), parts)
+        gap, level, width = gap[coarse], level[coarse], width[coarse]
+        parts = np.clip(np.ceil(width / r * (1 - _SLACK)).astype(int), 2, config.refine_points + 1)
         # Highest maxima first, so that if the budget runs short it is spent where the energy is largest.
         order = np.lexsort((-width, -level))
         new = np.concatenate([np.linspace(ts[gap[k]], ts[gap[k] + 1], parts[k] + 1)[1:-1] for k in order])[:budget]
@@ -216,8 +211,9 @@ def certify_segment(evaluate: Callable[[np.ndarray], np.ndarray], config: Certif
         ts, values = np.concatenate([ts, new]), np.concatenate([values, new_values])
         order = np.argsort(ts, kind="stable")
         ts, values = ts[order], values[order]
-    gap, _, _ = _maximum_gaps(values)
+    gap, _ = _maximum_gaps(values)
     achieved = float(np.max(ts[gap + 1] - ts[gap]))
+    achieved = min(achieved, r) if achieved <= r * (1 + _SLACK) else achieved  # rounding is not a shortfall
     k = int(np.argmax(values))
     return float(values[k]), float(ts[k]), achieved, len(ts)
 
