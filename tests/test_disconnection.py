@@ -6,7 +6,7 @@ from modeconnect.experiments import ConnectRunConfig, run_connect
 
 
 def test_the_permutation_pair_keeps_a_barrier_while_beads_train():
-    result = run_connect(ConnectRunConfig(task="permutation", grid_size=32, max_depth=8))
+    result = run_connect(ConnectRunConfig(task="permutation", method_settings={"grid_size": 32, "max_depth": 8}))
     threshold = result["threshold"]
     assert not result["connected"] and not result["certified"]
     trained = [b for b in result["bead_log"] if b["train_reached"]]
@@ -18,7 +18,7 @@ def test_the_permutation_pair_keeps_a_barrier_while_beads_train():
 
 
 def test_on_the_symmetric_grid_the_first_bead_is_stuck_at_one_sixth():
-    result = run_connect(ConnectRunConfig(task="permutation", bead_max_steps=300))
+    result = run_connect(ConnectRunConfig(task="permutation", method_settings={"bead_training": {"max_steps": 300}}))
     (bead,) = result["bead_log"]
     assert bead["t_star"] == 0.5 and not bead["train_reached"]
     assert abs(bead["train_final_energy"] - 1 / 6) < 1e-3
