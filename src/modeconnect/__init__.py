@@ -14,9 +14,9 @@ from .certify import Certificate, CertifyConfig, certify
 from .connect import Connection, connect
 from .energy import Energy, Strategy
 from .errors import ModeconnectError
+from .methods import METHODS, DSSConfig, DSSState, Order, Outcome, PathMethod, Reason, TStar, register
 from .metrics import Metric
 from .params import distance, interpolate, permute_hidden_units, point_from_module
-from .methods import METHODS, DSSConfig, DSSState, Order, Outcome, PathMethod, Reason, TStar, register
 from .path import Bezier, Path, Piece, Straight
 from .train import Objective, TrainConfig, train_to_target
 
@@ -25,5 +25,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Certificate", "CertifyConfig", "certify", "Connection", "connect", "Energy", "Strategy", "ModeconnectError",
     "Metric", "distance", "interpolate", "permute_hidden_units", "point_from_module", "Path", "Piece", "Straight",
-    "Bezier", "METHODS", "PathMethod", "Outcome", "register", "DSSConfig", "DSSState", "Order", "Reason", "TStar", "Objective", "TrainConfig", "train_to_target", "__version__",
+    "Bezier", "METHODS", "PathMethod", "Outcome", "register", "DSSConfig", "DSSState", "Order", "Reason", "TStar",
+    "Objective", "TrainConfig", "train_to_target", "__version__",
 ]

@@ -22,6 +22,7 @@ from .experiments.executors import ExecutorKind, make_executor
 from .experiments.store import RunDirectory, SweepDirectory
 from .experiments.sweep import SweepConfig, parse_levels, run_sweep
 
+
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", metavar="DIR", help="where the real tasks' datasets live (DIR/mnist, "
                         "DIR/cifar10-subset, DIR/ptb); default: $MODECONNECT_DATA")
@@ -142,8 +143,8 @@ def format_summary(result: dict[str, Any], where: str | None = None) -> str:
     else:
         lines.append(f"normalized length  n/a: not connected (distance {_fmt(result['distance'])})")
     if result.get("grid_size") is not None:
-        lines.append(f"max energy (grid)  {_fmt(result.get('max_interpolated_energy'))} on a {result['grid_size']}-point "
-                     "grid per segment")
+        lines.append(f"max energy (grid)  {_fmt(result.get('max_interpolated_energy'))} on a "
+                     f"{result['grid_size']}-point grid per segment")
     if result.get("certified_max_energy") is not None:
         lines.append(
             f"sampled max        {_fmt(result['certified_max_energy'])} "

@@ -36,8 +36,8 @@ __all__ = ["SweepConfig", "run_sweep", "aggregate", "pair_row", "table_csv", "pa
 PAIR_FIELDS = ["level", "pair", "seed", "status", "connected", "reason", "method", "normalized_length", "n_beads",
                "depth", "beads_trained", "path_length", "distance", "worst_barrier", "max_interpolated_energy",
                "certified_max_energy", "certified", "endpoint_energy_a", "endpoint_energy_b", "wall_time_s",
-               "endpoint_time_s", "method_time_s", "bead_training_time_s", "segment_evaluation_time_s", "certification_time_s",
-               "run_dir", "message"]
+               "endpoint_time_s", "method_time_s", "bead_training_time_s", "segment_evaluation_time_s",
+               "certification_time_s", "run_dir", "message"]
 """Columns of a pair row (CSV order)."""
 
 GEOMETRY_FIELDS = ("normalized_length", "n_beads", "depth", "path_length")

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .base import Checkpoint, Outcome, PathMethod, Progress
-from .greedy_dss import (DSSConfig, DSSState, GreedyDSS, Order, Reason, SegmentRecord, TStar, choose_tstar,
-                         greedy_dss)
+from .greedy_dss import DSSConfig, DSSState, GreedyDSS, Order, Reason, SegmentRecord, TStar, choose_tstar, greedy_dss
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "get_method", "register", "PathMethod", "Outcome", "Checkpoint", "Progress",
            "DSSConfig", "DSSState", "GreedyDSS", "Order", "Reason", "SegmentRecord", "TStar", "choose_tstar",
