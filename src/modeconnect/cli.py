@@ -133,7 +133,9 @@ def format_summary(result: dict[str, Any], where: str | None = None) -> str:
     lines = [
         f"task               {result.get('task', '?')}: L0 = {_fmt(result['threshold'])} "
         f"({energy.get('split', '?')} {energy.get('metric', 'energy')}), tolerance {_fmt(result['tolerance'])}",
-        f"method             {result.get('method', 'greedy_dss')}",
+        f"method             {result.get('method', 'greedy_dss')}"
+        + (f", after {result['alignment']['method']} alignment of B (distance {_fmt(result['alignment']['distance_before'])}"
+           f" -> {_fmt(result['alignment']['distance_after'])})" if result.get("alignment") else ""),
         f"connected          {verdict}: {result['message']}",
         f"beads              {beads}",
     ]

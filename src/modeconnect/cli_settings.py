@@ -24,9 +24,11 @@ from .train import TrainConfig
 
 __all__ = ["add_run_flags", "run_config_from", "method_from_argv", "methods_epilog", "join_negative_values"]
 
-_RUN_CHOICES = {"task": tuple(TASKS), "activation": ("sigmoid", "relu", "tanh"),
+_RUN_CHOICES = {"task": tuple(TASKS), "align": ("none", "weight", "activation"),
+                "activation": ("sigmoid", "relu", "tanh"),
                 "batchnorm": ("recompute", "interpolate", "freeze")}
-_RUN_TYPES = {"task": str, "threshold": float, "seed": int, "method": str, "activation": str, "data_seed": int,
+_RUN_TYPES = {"task": str, "threshold": float, "seed": int, "method": str, "align": str, "activation": str,
+              "data_seed": int,
               "n_eval": int, "n_train": int, "batchnorm": str}
 _GROUPS = ("method", "endpoint", "certify")
 

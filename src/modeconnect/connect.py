@@ -36,7 +36,7 @@ from .path import Path
 from .settings import apply_overrides, to_dict
 from .train import Objective
 
-__all__ = ["Connection", "connect", "connect_path", "check_endpoints", "summarize", "method_config"]
+__all__ = ["Connection", "connect", "connect_path", "check_endpoints", "summarize", "method_config", "align_endpoint"]
 
 
 @dataclass
@@ -52,6 +52,8 @@ class Connection:
     threshold: float
     endpoint_energies: list[float] = field(default_factory=list)
     certification_time_s: float = 0.0
+    alignment: dict[str, Any] | None = None
+    """The permutation-alignment pre-step's summary (None: B was used as given)."""
 
     @property
     def connected(self) -> bool:
@@ -90,6 +92,7 @@ def summarize(connection: Connection) -> dict[str, Any]:
         "method_time_s": outcome.elapsed_s,
         "certification_time_s": connection.certification_time_s,
         "wall_time_s": connection.wall_time_s,
+        "alignment": connection.alignment,
         **outcome.extras,
         "certificate": None,
         "certified": None,
@@ -146,6 +149,24 @@ def method_config(method: str, config: Any = None, **settings: Any) -> Any:
     return apply_overrides(config, settings) if settings else config
 
 
+def align_endpoint(a: Point, b: Point, energy: Energy, method: str, *, inputs: Tensor | None = None,
+                   seed: int = 0) -> tuple[Point, dict[str, Any] | None]:
+    """The pre-step that composes with every path method: B with its hidden units permuted into A's order.
+
+    The permuted B computes the same function as B (see :mod:`modeconnect.align`). Returns B itself and
+    None for method ``"none"``; otherwise the aligned point and the alignment's JSON-safe summary.
+    """
+    from .align import AlignMethod, align, as_align_method
+
+    kind = as_align_method(method)
+    if kind is AlignMethod.NONE:
+        return b, None
+    if inputs is None:
+        inputs = energy.inputs[:256]
+    result = align(a, b, energy.model, kind, inputs=inputs, seed=seed)
+    return result.point, result.to_dict()
+
+
 def _check_threshold(threshold: Any) -> float:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
             math.isfinite(threshold) and threshold > 0):
@@ -164,6 +185,7 @@ def connect(
     objective: Objective | None = None,
     certify_path: bool = True,
     certification: CertifyConfig | None = None,
+    align: str = "none",
     progress: Progress | None = None,
     **settings: Any,
 ) -> Connection:
@@ -179,6 +201,9 @@ def connect(
         objective: the training loss used by methods that train points (usually on training data).
         certify_path: re-check the final path by refined sampling (see :func:`~modeconnect.certify.certify`).
         certification: the certification settings (default :class:`CertifyConfig`).
+        align: a pre-step before any method: ``"weight"`` or ``"activation"`` permutes B's hidden units into
+            A's order (same function; see :mod:`modeconnect.align`; activation matching uses the objective's
+            first 256 inputs, else the energy's), ``"none"`` (default) uses B as given.
         progress: called with a line of text at every step of the method.
     """
     threshold = _check_threshold(threshold)
@@ -186,9 +211,13 @@ def connect(
     a, b = _as_point(model_a, "model_a", energy), _as_point(model_b, "model_b", energy)
     check_compatible(a, b, "model_a", "model_b")
     energy.check_point(a, "model_a")
-    return connect_path(Path([a, b]), energy, threshold=threshold, method=method, config=config,
-                        objective=objective, certify_path=certify_path, certification=certification,
-                        progress=progress)
+    b, alignment = align_endpoint(a, b, energy, align,
+                                  inputs=None if objective is None else objective.inputs[:256])
+    connection = connect_path(Path([a, b]), energy, threshold=threshold, method=method, config=config,
+                              objective=objective, certify_path=certify_path, certification=certification,
+                              progress=progress)
+    connection.alignment = alignment
+    return connection
 
 
 def connect_path(

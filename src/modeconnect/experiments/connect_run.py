@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 
+from ..align import as_align_method
 from ..certify import CertifyConfig
-from ..connect import connect_path
+from ..connect import align_endpoint, connect_path
 from ..errors import ConfigError, ModeconnectError
 from ..methods import DEFAULT_METHOD, METHODS, get_method
 from ..params import Point
@@ -58,6 +59,8 @@ class ConnectRunConfig:
     """Base seed; endpoint and method seeds are derived from it."""
     method: str = DEFAULT_METHOD
     """The path method (see ``modeconnect.methods.METHODS``)."""
+    align: str = "none"
+    """Permutation alignment of endpoint B to A before the method: none, weight or activation (Git Re-Basin)."""
     method_settings: dict[str, Any] = field(default_factory=dict)
     """Overrides of the method's Config (nested: ``{"bead_training": {"lr": 1e-4}}``); the rest are its
     defaults, and bead training starts from the task's own."""
@@ -80,6 +83,7 @@ class ConnectRunConfig:
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
         cls = get_method(self.method)
+        as_align_method(self.align)
         if self.threshold is not None and (isinstance(self.threshold, bool) or not (
                 isinstance(self.threshold, (int, float)) and self.threshold == self.threshold
                 and 0 < self.threshold < float("inf"))):
@@ -239,6 +243,13 @@ def _run(run: ResolvedRun, store: RunDirectory | None, say: Callable[[str], None
     endpoint_clock = time.perf_counter()
     endpoints = _endpoints(run, store, say)
     endpoint_time = time.perf_counter() - endpoint_clock
+    # the alignment pre-step is a deterministic function of the endpoints, so a resumed run recomputes it
+    endpoints["b"], alignment = align_endpoint(endpoints["a"], endpoints["b"], task.energy, run.config.align,
+                                               inputs=task.objective.inputs[:256],
+                                               seed=derive_seed(seed, "align"))
+    if alignment is not None:
+        say(f"aligned endpoint B to A by {alignment['method']} matching: distance {alignment['distance_before']:.4g}"
+            f" -> {alignment['distance_after']:.4g}")
 
     path, state = None, None
     if store is not None:
@@ -261,6 +272,7 @@ def _run(run: ResolvedRun, store: RunDirectory | None, say: Callable[[str], None
                               checkpoint=checkpoint, certification=run.certify, progress=say)
     # wall_time_s covers the method (summed over resumed sessions) and certifying; endpoint training is
     # reported on its own (endpoint_time_s, this session only: 0 when the endpoints were loaded).
+    connection.alignment = alignment
     result = connection.summary()
     result.update({
         "task": task.name,
