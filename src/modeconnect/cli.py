@@ -120,6 +120,13 @@ def _fmt(value: Any, spec: str = ".4g") -> str:
     return format(value, spec)
 
 
+def _alignment_note(alignment: dict[str, Any] | None) -> str:
+    if not alignment:
+        return ""
+    return (f", after {alignment['method']} alignment of B (distance {_fmt(alignment['distance_before'])} -> "
+            f"{_fmt(alignment['distance_after'])})")
+
+
 def format_summary(result: dict[str, Any], where: str | None = None) -> str:
     """A human-readable block for a result record."""
     energy = result.get("energy", {})
@@ -133,9 +140,7 @@ def format_summary(result: dict[str, Any], where: str | None = None) -> str:
     lines = [
         f"task               {result.get('task', '?')}: L0 = {_fmt(result['threshold'])} "
         f"({energy.get('split', '?')} {energy.get('metric', 'energy')}), tolerance {_fmt(result['tolerance'])}",
-        f"method             {result.get('method', 'greedy_dss')}"
-        + (f", after {result['alignment']['method']} alignment of B (distance {_fmt(result['alignment']['distance_before'])}"
-           f" -> {_fmt(result['alignment']['distance_after'])})" if result.get("alignment") else ""),
+        f"method             {result.get('method', 'greedy_dss')}" + _alignment_note(result.get("alignment")),
         f"connected          {verdict}: {result['message']}",
         f"beads              {beads}",
     ]
