@@ -197,7 +197,7 @@ def test_config_validation(kwargs, message):
 def test_config_to_dict():
     d = TrainConfig(optimizer="rmsprop", lr=0.5, batch_size=4).to_dict()
     assert d == {"optimizer": "rmsprop", "lr": 0.5, "batch_size": 4, "check_every": 25, "max_steps": 5000,
-                 "momentum": 0.0}
+                 "momentum": 0.0, "dense_checks": 0, "proximal": 0.0, "stall_steps": 0}
 
 
 def test_objective_validation():

@@ -15,7 +15,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .cli_settings import add_run_flags, join_negative_values, method_from_argv, methods_epilog, run_config_from
+from .cli_settings import (
+    add_proof_flags,
+    add_run_flags,
+    join_negative_values,
+    method_from_argv,
+    methods_epilog,
+    proof_overrides_from,
+    run_config_from,
+)
 from .errors import DatasetError, ModeconnectError
 from .experiments.connect_run import run_connect
 from .experiments.executors import ExecutorKind, make_executor
@@ -106,6 +114,15 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     fetch.add_argument("--from", dest="base_url", required=True, metavar="URL", help="the mirror's base URL")
     fetch.add_argument("--timeout", type=float, default=30.0, metavar="S", help="network timeout in seconds")
     _add_data_dir(fetch)
+    prove = sub.add_parser("prove", help="bound the energy over every continuous piece of a finished run's path",
+                           description="Rebuild a finished run's task and energy from its config.json, load its "
+                                       "path and prove (or fail to prove) that the energy stays within tolerance x "
+                                       "L0 at every point, not just the sampled ones. Writes DIR/proof.json.")
+    prove.add_argument("dir", metavar="DIR")
+    add_proof_flags(prove)
+    _add_data_dir(prove)
+    prove.add_argument("--quiet", action="store_true", help="no progress lines")
+    prove.add_argument("--json", action="store_true", help="print the proof record as JSON")
     show = sub.add_parser("show", help="print the result of a finished run or sweep directory")
     show.add_argument("dir", metavar="DIR")
     show.add_argument("--json", action="store_true", help="print the whole result as JSON")
@@ -125,6 +142,16 @@ def _alignment_note(alignment: dict[str, Any] | None) -> str:
         return ""
     return (f", after {alignment['method']} alignment of B (distance {_fmt(alignment['distance_before'])} -> "
             f"{_fmt(alignment['distance_after'])})")
+
+
+def _proof_line(proof: dict[str, Any]) -> str:
+    if proof["kind"] != "proof":
+        return f"proof              none: {proof['unsupported']} is not supported; only the sampled check above holds"
+    level = proof["tolerance"] * proof["threshold"]
+    verdict = "PROVED" if proof["proved"] else "NOT proved"
+    return (f"proof              {verdict}: energy <= {_fmt(proof['upper_bound'])} "
+            f"{'<=' if proof['proved'] else '>'} {_fmt(level)} at every point of the path "
+            f"({proof['n_subintervals']} sub-intervals, gap to the sampled max {_fmt(proof['gap'], '.2g')} x L0)")
 
 
 def format_summary(result: dict[str, Any], where: str | None = None) -> str:
@@ -158,6 +185,8 @@ def format_summary(result: dict[str, Any], where: str | None = None) -> str:
             f"({'within' if result['certified'] else 'ABOVE'} tolerance x L0) by refined sampling at resolution "
             f"{_fmt(result['certification_resolution'], '.2g')} in t, "
             f"{_fmt(result['certification_param_resolution'], '.2g')} in parameter distance (not a proof)")
+    if result.get("proof") is not None:
+        lines.append(_proof_line(result["proof"]))
     lines += [
         "endpoint energies  " + ", ".join(_fmt(e) for e in result["endpoint_energies"]),
         f"wall time          {_fmt(result['wall_time_s'], '.1f')} s",
@@ -289,7 +318,16 @@ def _data(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-_COMMANDS = {"connect": _connect, "sweep": _sweep, "plot": _plot, "show": _show, "data": _data}
+def _prove(args: argparse.Namespace) -> int:
+    from .experiments.prove_run import prove_run
+
+    record = prove_run(args.dir, proof_overrides_from(args), progress=_Progress(args.quiet))
+    print(json.dumps(record, indent=2, sort_keys=True) if args.json else
+          _proof_line(record) + "\n" + record["statement"] + f"\nsaved in           {args.dir}/proof.json")
+    return 0
+
+
+_COMMANDS = {"prove": _prove, "connect": _connect, "sweep": _sweep, "plot": _plot, "show": _show, "data": _data}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,11 +18,13 @@ from typing import Any
 from .certify import CertifyConfig
 from .experiments.connect_run import TASK_OPTIONS, ConnectRunConfig
 from .methods import DEFAULT_METHOD, METHODS
+from .proof import ProofConfig
 from .settings import SettingSpec, field_docs, setting_specs
 from .tasks import TASKS
 from .train import TrainConfig
 
-__all__ = ["add_run_flags", "run_config_from", "method_from_argv", "methods_epilog", "join_negative_values"]
+__all__ = ["add_run_flags", "add_proof_flags", "proof_overrides_from", "run_config_from", "method_from_argv",
+           "methods_epilog", "join_negative_values"]
 
 _RUN_CHOICES = {"task": tuple(TASKS), "align": ("none", "weight", "activation"),
                 "activation": ("sigmoid", "relu", "tanh"),
@@ -30,7 +32,7 @@ _RUN_CHOICES = {"task": tuple(TASKS), "align": ("none", "weight", "activation"),
 _RUN_TYPES = {"task": str, "threshold": float, "seed": int, "method": str, "align": str, "activation": str,
               "data_seed": int,
               "n_eval": int, "n_train": int, "batchnorm": str}
-_GROUPS = ("method", "endpoint", "certify")
+_GROUPS = ("method", "endpoint", "certify", "proof")
 
 
 def _parse_value(spec: SettingSpec):
@@ -59,7 +61,7 @@ def _parse_value(spec: SettingSpec):
 
 def _help(spec: SettingSpec, default_note: str | None) -> str:
     shown = default_note or ("none" if spec.default is None else spec.default)
-    return f"{spec.help} (default: {shown})".strip()
+    return f"{spec.help} (default: {shown})".strip().replace("%", "%%")  # argparse formats help with %
 
 
 def _group_specs(method: str) -> list[tuple[str, SettingSpec]]:
@@ -67,6 +69,7 @@ def _group_specs(method: str) -> list[tuple[str, SettingSpec]]:
     out = [("method", s) for s in setting_specs(cls.Config)]
     out += [("endpoint", s) for s in setting_specs(TrainConfig, "endpoint-")]
     out += [("certify", s) for s in setting_specs(CertifyConfig, "certify-")]
+    out += [("proof", s) for s in setting_specs(ProofConfig, "proof-")]
     return out
 
 
@@ -94,8 +97,11 @@ def add_run_flags(parser: argparse.ArgumentParser, method: str, *, skip: Sequenc
         run.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=argparse.SUPPRESS,
                          choices=choices.get(name), metavar=None if name in choices else kind.__name__.upper(),
                          help=(helps or {}).get(name, docs.get(name, "")) + shown)
+    if "prove" not in skip:
+        run.add_argument("--prove", action="store_true", default=argparse.SUPPRESS,
+                         help=docs.get("prove", ""))
     titles = {"method": f"settings of method {method}", "endpoint": "endpoint training",
-              "certify": "certification (refined sampling)"}
+              "certify": "certification (refined sampling)", "proof": "proof (sound bound, with --prove)"}
     groups = {g: parser.add_argument_group(titles[g]) for g in _GROUPS}
     for group, spec in _group_specs(method):
         groups[group].add_argument(
@@ -108,7 +114,7 @@ def add_run_flags(parser: argparse.ArgumentParser, method: str, *, skip: Sequenc
 def run_config_from(args: argparse.Namespace, **fixed: Any) -> ConnectRunConfig:
     """The run config holding exactly the settings given on the command line (plus ``fixed``)."""
     values: dict[str, Any] = {name: getattr(args, name) for name in _RUN_TYPES if hasattr(args, name)}
-    nested: dict[str, dict[str, Any]] = {"method": {}, "endpoint": {}, "certify": {}}
+    nested: dict[str, dict[str, Any]] = {"method": {}, "endpoint": {}, "certify": {}, "proof": {}}
     for dest, value in vars(args).items():
         group, sep, dotted = dest.partition(":")
         if not sep or group not in nested:
@@ -118,11 +124,28 @@ def run_config_from(args: argparse.Namespace, **fixed: Any) -> ConnectRunConfig:
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    values.update(method_settings=nested["method"], endpoint_training=nested["endpoint"], certify=nested["certify"])
+    values.update(method_settings=nested["method"], endpoint_training=nested["endpoint"], certify=nested["certify"],
+                  proof=nested["proof"])
+    if getattr(args, "prove", False):
+        values["prove"] = True
     values.update(fixed)
     for key in TASK_OPTIONS:
         values.setdefault(key, None)
     return ConnectRunConfig(**values)
+
+
+def add_proof_flags(parser: argparse.ArgumentParser) -> None:
+    """The ``--proof-*`` flags alone (for ``modeconnect prove DIR``)."""
+    group = parser.add_argument_group("proof settings")
+    for spec in setting_specs(ProofConfig, "proof-"):
+        group.add_argument("--" + spec.flag, dest=f"proof:{'.'.join(spec.path)}", type=_parse_value(spec),
+                           default=argparse.SUPPRESS, choices=spec.choices,
+                           metavar=None if spec.choices else spec.type.__name__.upper(), help=_help(spec, None))
+
+
+def proof_overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The proof settings given on the command line."""
+    return {dest.partition(":")[2]: value for dest, value in vars(args).items() if dest.startswith("proof:")}
 
 
 def method_from_argv(argv: Sequence[str]) -> str:

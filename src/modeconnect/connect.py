@@ -36,7 +36,8 @@ from .path import Path
 from .settings import apply_overrides, to_dict
 from .train import Objective
 
-__all__ = ["Connection", "connect", "connect_path", "check_endpoints", "summarize", "method_config", "align_endpoint"]
+__all__ = ["Connection", "connect", "connect_path", "check_endpoints", "summarize", "method_config", "align_endpoint",
+           "run_proof", "proof_fields"]
 
 
 @dataclass
@@ -54,6 +55,9 @@ class Connection:
     certification_time_s: float = 0.0
     alignment: dict[str, Any] | None = None
     """The permutation-alignment pre-step's summary (None: B was used as given)."""
+    proof: Any = None
+    """A :class:`~modeconnect.proof.Proof` when one was asked for (``prove=True``)."""
+    proof_time_s: float = 0.0
 
     @property
     def connected(self) -> bool:
@@ -94,6 +98,7 @@ def summarize(connection: Connection) -> dict[str, Any]:
         "wall_time_s": connection.wall_time_s,
         "alignment": connection.alignment,
         **outcome.extras,
+        **proof_fields(connection.proof, connection.proof_time_s),
         "certificate": None,
         "certified": None,
         "certified_max_energy": None,
@@ -113,6 +118,32 @@ def summarize(connection: Connection) -> dict[str, Any]:
             "certified_max_location": {"segment": cert.segment, "t": cert.t},
         })
     return out
+
+
+def proof_fields(proof: Any, seconds: float = 0.0) -> dict[str, Any]:
+    """The result fields of a proof (all None when no proof was asked for)."""
+    if proof is None:
+        return {"proof": None, "proved": None, "proof_upper_bound": None, "proof_time_s": None}
+    record = proof.to_dict()
+    record.pop("certificate", None)  # the sampled certificate is already in the result
+    return {"proof": record, "proved": proof.proved, "proof_upper_bound": proof.upper_bound,
+            "proof_time_s": seconds}
+
+
+def run_proof(path: Path, energy: Energy, *, threshold: float, tolerance: float, certificate: Certificate,
+              config: Any = None, progress: Progress | None = None) -> tuple[Any, float]:
+    """Bound the energy over every continuous piece of ``path`` (:func:`modeconnect.proof.prove`); timed."""
+    from .proof import ProofConfig, prove
+
+    def report(step: dict[str, Any]) -> None:
+        if progress is not None:
+            progress(f"proving piece {step['segment']}: round {step['round']}, {step['n_subintervals']} "
+                     f"sub-interval(s), bound {step['upper_bound']:.4g}, {step['failing']} above the level")
+
+    start = time.perf_counter()
+    proof = prove(path, energy, config or ProofConfig(), threshold=threshold, tolerance=tolerance,
+                  sampled=certificate, progress=report)
+    return proof, time.perf_counter() - start
 
 
 def _as_point(model: nn.Module | Mapping[str, Tensor], name: str, energy: Energy) -> Point:
@@ -185,6 +216,7 @@ def connect(
     objective: Objective | None = None,
     certify_path: bool = True,
     certification: CertifyConfig | None = None,
+    prove: Any = False,
     align: str = "none",
     progress: Progress | None = None,
     **settings: Any,
@@ -201,6 +233,9 @@ def connect(
         objective: the training loss used by methods that train points (usually on training data).
         certify_path: re-check the final path by refined sampling (see :func:`~modeconnect.certify.certify`).
         certification: the certification settings (default :class:`CertifyConfig`).
+        prove: also bound the energy over every continuous piece (True, or a
+            :class:`~modeconnect.proof.ProofConfig`): ``result.proof`` says whether the path is *proved* to
+            stay within tolerance * threshold. Needs ``certify_path``.
         align: a pre-step before any method: ``"weight"`` or ``"activation"`` permutes B's hidden units into
             A's order (same function; see :mod:`modeconnect.align`; activation matching uses the objective's
             first 256 inputs, else the energy's), ``"none"`` (default) uses B as given.
@@ -215,7 +250,7 @@ def connect(
                                   inputs=None if objective is None else objective.inputs[:256])
     connection = connect_path(Path([a, b]), energy, threshold=threshold, method=method, config=config,
                               objective=objective, certify_path=certify_path, certification=certification,
-                              progress=progress)
+                              prove=prove, progress=progress)
     connection.alignment = alignment
     return connection
 
@@ -232,6 +267,7 @@ def connect_path(
     checkpoint: Checkpoint | None = None,
     certify_path: bool = True,
     certification: CertifyConfig | None = None,
+    prove: Any = False,
     progress: Progress | None = None,
 ) -> Connection:
     """Check the endpoints of ``path``, run ``method`` on it (from ``state`` to resume), then certify.
@@ -239,6 +275,8 @@ def connect_path(
     ``checkpoint(path, state)`` is handed to the method, which calls it whenever its state is worth saving.
     """
     threshold = _check_threshold(threshold)
+    if prove not in (False, None) and not certify_path:
+        raise ConfigError("prove=... compares the bound with the sampled certificate: keep certify_path=True")
     cls = get_method(method)
     config = method_config(method, config)
     endpoint_energies = check_endpoints(path, energy, threshold)
@@ -254,7 +292,13 @@ def connect_path(
         progress(f"certifying {path.n_pieces} piece(s) by refined sampling at resolution "
                  f"{certification.resolution:g}")
     start = time.perf_counter()
-    connection.certificate = certify(path, energy, certification, threshold=threshold,
-                                     tolerance=getattr(config, "tolerance", 1.0))
+    tolerance = getattr(config, "tolerance", 1.0)
+    connection.certificate = certify(path, energy, certification, threshold=threshold, tolerance=tolerance)
     connection.certification_time_s = time.perf_counter() - start
+    if prove is not False and prove is not None:
+        if progress is not None:
+            progress(f"proving the energy stays <= {tolerance:g} x {threshold:g} on every piece")
+        connection.proof, connection.proof_time_s = run_proof(
+            path, energy, threshold=threshold, tolerance=tolerance, certificate=connection.certificate,
+            config=None if prove is True else prove, progress=progress)
     return connection

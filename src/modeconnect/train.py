@@ -2,8 +2,17 @@
 
 Training minimises an :class:`Objective` (a differentiable loss on training
 data, in minibatches) and stops as soon as the *energy* (the thresholded
-quantity, usually on held-out data) reaches the target, checked every
-``check_every`` steps, or when the step cap is hit.
+quantity, usually on held-out data) reaches the target, or when the step cap
+is hit, or when training is stuck (see :class:`StopReason`).
+
+Where a trained point ends up matters as much as whether it gets there: DSS
+measures the length of a string of trained beads, so a bead that trains on
+past its target, or wanders far from where it started, lengthens the string
+for nothing. Hence the check schedule (every step for the first
+``dense_checks`` steps, where a near-target start stops at once), the
+optional proximal pull towards the start, and the optional hyperplane
+constraint (``hyperplane_normal``) that keeps the point's displacement
+orthogonal to a given direction.
 
 >>> import torch
 >>> net = torch.nn.Linear(1, 1)
@@ -34,7 +43,12 @@ from .errors import ConfigError
 from .metrics import Metric, as_metric, metric_count, metric_sum
 from .params import Point
 
-__all__ = ["Optimizer", "TrainConfig", "Objective", "TrainStatus", "train_to_target"]
+__all__ = ["Optimizer", "StopReason", "TrainConfig", "Objective", "TrainStatus", "train_to_target",
+           "STALL_PROGRESS", "check_steps"]
+
+STALL_PROGRESS = 0.01
+"""Training counts as stalled when, over ``stall_steps`` steps, its best energy closed less than this fraction
+of the gap between that best and the target (a plateau, or an asymptote short of the target)."""
 
 
 class Optimizer(str, Enum):
@@ -48,6 +62,23 @@ class Optimizer(str, Enum):
     """torch.optim.SGD with the configured momentum."""
 
 
+class StopReason(str, Enum):
+    """Why training stopped (``TrainStatus.reason``)."""
+
+    REACHED = "reached"
+    """The energy is at or below the target."""
+    STEP_CAP = "step_cap"
+    """max_steps were taken without reaching the target (and without being stuck)."""
+    DIVERGED = "diverged"
+    """The energy became NaN or infinite."""
+    ZERO_GRADIENT = "zero_gradient"
+    """Every gradient of a whole epoch of minibatches was exactly zero: the point cannot move (dead units, a
+    flat region, or a critical point such as a symmetric saddle)."""
+    STALLED = "stalled"
+    """The energy made almost no progress (see STALL_PROGRESS) for stall_steps steps: stuck on a plateau or in
+    an invariant subspace (e.g. two hidden units kept equal by the symmetry of the start)."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How a point is trained towards an energy target."""
@@ -57,11 +88,20 @@ class TrainConfig:
     batch_size: int | None = None
     """Samples per step; ``None`` uses the whole training set (full batch)."""
     check_every: int = 25
-    """Steps between energy checks (the energy is also checked before the first step)."""
+    """Steps between energy checks after the dense ones (the energy is also checked before the first step)."""
     max_steps: int = 5000
     """Step cap; reaching it without meeting the target is reported, not raised."""
     momentum: float = 0.0
     """Momentum for SGD (ignored by the other optimizers)."""
+    dense_checks: int = 0
+    """Check the energy after each of the first dense_checks steps, then every check_every: a point that is
+    nearly there stops at the first step that reaches the target, not up to check_every - 1 steps deeper."""
+    proximal: float = 0.0
+    """Weight mu of a proximal term mu/2 * ||theta - theta_start||^2 added to the training loss: pulls the
+    point towards where it started, so it finds a nearby point of the level set instead of wandering (0: off)."""
+    stall_steps: int = 0
+    """Stop with reason 'stalled' when the energy closed less than 1% of its gap to the target over this
+    many steps (an asymptote or plateau short of the target); 0: never, train to the step cap."""
 
     def __post_init__(self) -> None:
         try:
@@ -78,11 +118,34 @@ class TrainConfig:
             raise ConfigError(f"max_steps must be >= 0, got {self.max_steps}")
         if self.momentum < 0:
             raise ConfigError(f"momentum must be >= 0, got {self.momentum}")
+        if self.dense_checks < 0:
+            raise ConfigError(f"dense_checks must be >= 0 (steps checked one by one at the start), "
+                              f"got {self.dense_checks}")
+        if not (self.proximal >= 0 and math.isfinite(self.proximal)):
+            raise ConfigError(f"proximal must be a finite number >= 0 (0 turns the pull off), got {self.proximal}")
+        if self.stall_steps < 0:
+            raise ConfigError(f"stall_steps must be >= 0 (0: never stop early), got {self.stall_steps}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["optimizer"] = self.optimizer.value
         return d
+
+
+def check_steps(config: TrainConfig) -> list[int]:
+    """The steps after which the energy is checked (step 0, before training, is always checked too).
+
+    >>> check_steps(TrainConfig(check_every=4, max_steps=10))
+    [4, 8, 10]
+    >>> check_steps(TrainConfig(check_every=4, max_steps=10, dense_checks=3))
+    [1, 2, 3, 4, 8, 10]
+    """
+    dense = list(range(1, min(config.dense_checks, config.max_steps) + 1))
+    start = (len(dense) // config.check_every + 1) * config.check_every
+    sparse = list(range(start, config.max_steps + 1, config.check_every))
+    if config.max_steps > 0 and (dense + sparse)[-1:] != [config.max_steps]:
+        sparse.append(config.max_steps)
+    return dense + sparse
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,7 +185,13 @@ class TrainStatus:
     final_energy: float
     target: float
     reason: str
-    """``"reached"``, ``"step_cap"`` or ``"diverged"``."""
+    """A :class:`StopReason` value: ``"reached"``, ``"step_cap"``, ``"diverged"``, ``"zero_gradient"`` or
+    ``"stalled"``."""
+
+    @property
+    def stuck(self) -> bool:
+        """Whether training stopped because the point could not make progress (not for lack of steps)."""
+        return self.reason in (StopReason.ZERO_GRADIENT.value, StopReason.STALLED.value)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,6 +205,45 @@ def _make_optimizer(params: list[Tensor], config: TrainConfig) -> torch.optim.Op
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
 
 
+class _Batches:
+    """Seeded minibatches: reshuffled epochs without replacement (the full set when batch_size is None)."""
+
+    def __init__(self, objective: Objective, ref: Tensor, batch_size: int | None, seed: int) -> None:
+        self.x, self.y = data_like(objective.inputs, objective.targets, ref)
+        self.n = len(self.x)
+        self.batch = min(batch_size or self.n, self.n)
+        self.per_epoch = math.ceil(self.n / self.batch)
+        self.generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        self.order, self.cursor = torch.randperm(self.n, generator=self.generator), 0
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        if self.batch == self.n:
+            return self.x, self.y
+        if self.cursor + self.batch > self.n:
+            self.order, self.cursor = torch.randperm(self.n, generator=self.generator), 0
+        idx = self.order[self.cursor : self.cursor + self.batch].to(self.x.device)
+        self.cursor += self.batch
+        return self.x[idx], self.y[idx]
+
+
+class _Hyperplane:
+    """Keeps ``params - anchor`` orthogonal to a unit normal (projected after every optimizer step)."""
+
+    def __init__(self, anchor: Mapping[str, Tensor], normal: Mapping[str, Tensor]) -> None:
+        keys = [k for k in anchor if not is_buffer_key(k)]
+        norm = math.sqrt(sum(float(torch.sum(normal[k].double() ** 2)) for k in keys))
+        if not (norm > 0 and math.isfinite(norm)):
+            raise ConfigError("the hyperplane normal must be a nonzero finite direction")
+        self.anchor = {k: anchor[k].detach() for k in keys}
+        self.normal = {k: (normal[k].double() / norm).to(anchor[k].dtype) for k in keys}
+
+    @torch.no_grad()
+    def project(self, params: Mapping[str, Tensor]) -> None:
+        along = sum(torch.sum((params[k] - self.anchor[k]) * self.normal[k]) for k in self.normal)
+        for k, n in self.normal.items():
+            params[k].sub_(along * n)
+
+
 def train_to_target(
     start: Mapping[str, Tensor],
     *,
@@ -145,12 +253,15 @@ def train_to_target(
     config: TrainConfig,
     seed: int,
     on_check: Callable[[int, float], None] | None = None,
+    hyperplane_normal: Mapping[str, Tensor] | None = None,
 ) -> tuple[Point, TrainStatus]:
-    """Train a copy of ``start`` until ``energy(point) <= target`` or the step cap.
+    """Train a copy of ``start`` until ``energy(point) <= target``, the step cap, or a stuck point.
 
     Minibatches are drawn from a generator seeded with ``seed``; the same
     inputs always give the same point. ``on_check(step, energy)`` is called at
     every energy check (for progress displays). ``start`` is not modified.
+    With ``hyperplane_normal`` (a direction with the point's keys) every step is
+    projected back onto the hyperplane through ``start`` orthogonal to it.
 
     Only parameters are optimised. BatchNorm statistics a point carries (``buffer:`` keys, the
     INTERPOLATE policy) are updated by the training forward's running average (see
@@ -159,13 +270,10 @@ def train_to_target(
     energy.check_point(start, "the starting point")
     params = {k: v.detach().clone().requires_grad_(True) for k, v in start.items() if not is_buffer_key(k)}
     buffers = {k: v.detach().clone() for k, v in start.items() if is_buffer_key(k)}
+    origin = {k: v.detach().clone() for k, v in params.items()}
+    plane = _Hyperplane(origin, hyperplane_normal) if hyperplane_normal is not None else None
     optimizer = _make_optimizer(list(params.values()), config)
-    ref = next(iter(params.values()))
-    x_all, y_all = data_like(objective.inputs, objective.targets, ref)
-    n = len(x_all)
-    batch = min(config.batch_size or n, n)
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    order, cursor = torch.randperm(n, generator=generator), 0
+    batches = _Batches(objective, next(iter(params.values())), config.batch_size, seed)
 
     def check(step: int) -> float:
         value = energy({k: v.detach() for k, v in params.items()} | buffers)
@@ -173,32 +281,45 @@ def train_to_target(
             on_check(step, value)
         return value
 
-    step, value = 0, check(0)
+    step, value, zero_run = 0, check(0), 0
+    best, best_step = value, 0  # the last energy that counted as progress, and when
+    schedule = iter(check_steps(config))
     while True:
         if value <= target:
-            reason = "reached"
+            reason = StopReason.REACHED
             break
         if not math.isfinite(value):
-            reason = "diverged"
+            reason = StopReason.DIVERGED
+            break
+        if zero_run >= batches.per_epoch:
+            reason = StopReason.ZERO_GRADIENT
+            break
+        if value < best - STALL_PROGRESS * (best - target):
+            best, best_step = value, step
+        elif config.stall_steps and step - best_step >= config.stall_steps:
+            reason = StopReason.STALLED
             break
         if step >= config.max_steps:
-            reason = "step_cap"
+            reason = StopReason.STEP_CAP
             break
-        for _ in range(min(config.check_every, config.max_steps - step)):
-            if batch == n:
-                x, y = x_all, y_all
-            else:
-                if cursor + batch > n:
-                    order, cursor = torch.randperm(n, generator=generator), 0
-                idx = order[cursor : cursor + batch].to(x_all.device)
-                cursor += batch
-                x, y = x_all[idx], y_all[idx]
+        until = next(schedule)
+        while step < until:
+            x, y = batches.next()
             optimizer.zero_grad(set_to_none=True)
             outputs = energy.train_forward(params | buffers, x)
             loss = metric_sum(objective.loss, outputs, y) / metric_count(objective.loss, y)
+            if config.proximal:
+                loss = loss + 0.5 * config.proximal * sum(torch.sum((p - origin[k]) ** 2) for k, p in params.items())
             loss.backward()
+            zero = all(p.grad is None or not bool(p.grad.any()) for p in params.values())
+            zero_run = zero_run + 1 if zero else 0
             optimizer.step()
+            if plane is not None:
+                plane.project(params)
             step += 1
+            if zero_run >= batches.per_epoch:
+                break
         value = check(step)
     point = {k: (buffers[k] if is_buffer_key(k) else params[k].detach()) for k in start}
-    return point, TrainStatus(reached=reason == "reached", steps=step, final_energy=value, target=target, reason=reason)
+    return point, TrainStatus(reached=reason is StopReason.REACHED, steps=step, final_energy=value, target=target,
+                              reason=reason.value)

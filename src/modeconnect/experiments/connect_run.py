@@ -30,6 +30,7 @@ from ..errors import ConfigError, ModeconnectError
 from ..methods import DEFAULT_METHOD, METHODS, get_method
 from ..params import Point
 from ..path import Path
+from ..proof import ProofConfig
 from ..seeding import derive_seed
 from ..settings import apply_overrides, from_dict, to_dict
 from ..tasks import TASKS, Task, make_task
@@ -40,7 +41,7 @@ __all__ = ["ConnectRunConfig", "ResolvedRun", "EndpointTrainingError", "run_conn
            "TASK_OPTIONS"]
 
 TIMING_FIELDS = frozenset({"wall_time_s", "certification_time_s", "method_time_s", "endpoint_time_s",
-                           "bead_training_time_s", "segment_evaluation_time_s"})
+                           "bead_training_time_s", "segment_evaluation_time_s", "proof_time_s"})
 """Result fields that measure time: everything else in a result is a pure function of the config."""
 
 TASK_OPTIONS = ("activation", "data_seed", "n_eval", "n_train", "batchnorm")
@@ -68,6 +69,10 @@ class ConnectRunConfig:
     """Overrides of the task's endpoint TrainConfig."""
     certify: dict[str, Any] = field(default_factory=dict)
     """Overrides of the certification settings (the task's resolution, CertifyConfig's other defaults)."""
+    prove: bool = False
+    """Also bound the energy over every continuous piece (a proof, not a sample; see modeconnect.proof)."""
+    proof: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the proof settings (ProofConfig), used with prove."""
     activation: str | None = None
     """Polynomial tasks: sigmoid (paper), relu or tanh (default: the task's own)."""
     data_seed: int | None = None
@@ -88,7 +93,9 @@ class ConnectRunConfig:
                 isinstance(self.threshold, (int, float)) and self.threshold == self.threshold
                 and 0 < self.threshold < float("inf"))):
             raise ConfigError(f"threshold must be a positive finite number, got {self.threshold!r}")
-        for name in ("method_settings", "endpoint_training", "certify"):
+        if not isinstance(self.prove, bool):
+            raise ConfigError(f"prove must be true or false, got {self.prove!r}")
+        for name in ("method_settings", "endpoint_training", "certify", "proof"):
             value = getattr(self, name)
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{name} must be a mapping of setting names to values, got {type(value).__name__}")
@@ -97,6 +104,7 @@ class ConnectRunConfig:
         apply_overrides(cls.Config(), self.method_settings)
         apply_overrides(TrainConfig(), self.endpoint_training)
         apply_overrides(CertifyConfig(), self.certify)
+        apply_overrides(ProofConfig(), self.proof)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -121,7 +129,8 @@ class ConnectRunConfig:
         endpoint = apply_overrides(task.endpoint_training, self.endpoint_training)
         certify = apply_overrides(CertifyConfig(resolution=task.certify_resolution), self.certify)
         threshold = task.default_threshold if self.threshold is None else float(self.threshold)
-        return ResolvedRun(self, task, threshold, method_config, endpoint, certify)
+        proof = apply_overrides(ProofConfig(), self.proof) if self.prove else None
+        return ResolvedRun(self, task, threshold, method_config, endpoint, certify, proof)
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,12 +143,15 @@ class ResolvedRun:
     method_config: Any
     endpoint_training: TrainConfig
     certify: CertifyConfig
+    proof: ProofConfig | None = None
+    """The proof settings when the run proves its path (``prove``), else None."""
 
     def record(self) -> dict[str, Any]:
         """What ``config.json`` holds (and what the run's identity hashes)."""
         return {"run": self.config.to_dict(), "task": self.task.describe(), "threshold": self.threshold,
                 "method": self.config.method, "method_config": to_dict(self.method_config),
-                "endpoint_training": self.endpoint_training.to_dict(), "certify": self.certify.to_dict()}
+                "endpoint_training": self.endpoint_training.to_dict(), "certify": self.certify.to_dict(),
+                "proof": None if self.proof is None else self.proof.to_dict()}
 
 
 class EndpointTrainingError(ModeconnectError):
@@ -269,7 +281,8 @@ def _run(run: ResolvedRun, store: RunDirectory | None, say: Callable[[str], None
     say(f"connecting with {name} at L0={run.threshold:g}")
     connection = connect_path(path, task.energy, threshold=run.threshold, method=name, config=run.method_config,
                               objective=task.objective if method.trains else None, state=state,
-                              checkpoint=checkpoint, certification=run.certify, progress=say)
+                              checkpoint=checkpoint, certification=run.certify,
+                              prove=run.proof if run.proof is not None else False, progress=say)
     # wall_time_s covers the method (summed over resumed sessions) and certifying; endpoint training is
     # reported on its own (endpoint_time_s, this session only: 0 when the endpoints were loaded).
     connection.alignment = alignment

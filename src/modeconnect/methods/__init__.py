@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .base import Checkpoint, Outcome, PathMethod, Progress
+from .constrained_dss import ConstrainedDSS
 from .greedy_dss import DSSConfig, DSSState, GreedyDSS, Order, Reason, SegmentRecord, TStar, choose_tstar, greedy_dss
+from .string_evolution import StringEvolution
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "get_method", "register", "PathMethod", "Outcome", "Checkpoint", "Progress",
            "DSSConfig", "DSSState", "GreedyDSS", "Order", "Reason", "SegmentRecord", "TStar", "choose_tstar",
@@ -18,6 +20,8 @@ __all__ = ["METHODS", "DEFAULT_METHOD", "get_method", "register", "PathMethod", 
 
 METHODS: dict[str, type] = {
     GreedyDSS.name: GreedyDSS,
+    ConstrainedDSS.name: ConstrainedDSS,
+    StringEvolution.name: StringEvolution,
 }
 """Every registered path method, by name."""
 
