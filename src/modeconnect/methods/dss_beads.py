@@ -38,7 +38,7 @@ from ..seeding import derive_seed
 from ..train import Objective, TrainConfig, TrainStatus, train_to_target
 
 __all__ = ["BeadConstraint", "train_bead", "restart_ts", "chord_geometry", "perturb", "STUCK_EXPLANATIONS",
-           "why_not_trained", "warn_about_endpoints", "geometry_summary"]
+           "why_not_trained", "warn_about_endpoints", "geometry_summary", "persistence"]
 
 
 class BeadConstraint(str, Enum):
@@ -183,3 +183,18 @@ def geometry_summary(log: list[dict[str, Any]]) -> dict[str, float | None]:
     kept = [entry for entry in log if entry.get("train_reached") and "displacement" in entry]
     return {"bead_displacement_max": max((e["displacement"] for e in kept), default=None),
             "bead_chord_distance_max": max((e["chord_distance"] for e in kept), default=None)}
+
+
+def persistence(log: list[dict[str, Any]], accept: float) -> str:
+    """A clause for a depth-exhausted run: whether its beads trained while the barriers they split persisted.
+
+    That is what a disconnection looks like to DSS (Appendix E): every bead lands in the level set, yet each
+    segment it creates keeps a barrier, which moves with the beads instead of shrinking.
+    """
+    trained = [entry for entry in log if entry.get("train_reached")]
+    if not trained:
+        return ""
+    low = min(entry["barrier"] for entry in trained)
+    return (f"; all {len(trained)} bead(s) trained below alpha*L0, yet every barrier they split was at least "
+            f"{low:.4g} ({low / accept:.3g} x the acceptance level): a persistent barrier")
+

@@ -34,7 +34,7 @@ from ..path import Path, Straight
 from ..seeding import derive_seed
 from ..train import Objective, TrainConfig
 from .base import Checkpoint, Outcome, Progress
-from .dss_beads import BeadConstraint, geometry_summary, train_bead, warn_about_endpoints, why_not_trained
+from .dss_beads import BeadConstraint, geometry_summary, persistence, train_bead, warn_about_endpoints, why_not_trained
 
 __all__ = ["TStar", "Order", "Reason", "BeadConstraint", "DSSConfig", "SegmentRecord", "DSSState", "GreedyDSS",
            "choose_tstar", "greedy_dss", "MAX_GRID_SIZE"]
@@ -350,6 +350,7 @@ def greedy_dss(
         where = f"segment {i} (depth {seg.depth}) has barrier {seg.max_energy:.4g} > {accept:.4g}"
         if seg.depth >= config.max_depth:
             reason, message = Reason.DEPTH_EXHAUSTED, f"{where} at the depth cap max_depth={config.max_depth}"
+            message += persistence(state.bead_log, accept)
             break
         if path.n_beads >= config.max_beads:
             reason = Reason.BEAD_BUDGET_EXHAUSTED
