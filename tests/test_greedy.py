@@ -12,10 +12,20 @@ from torch import nn
 from modeconnect.energy import Energy
 from modeconnect.errors import ConfigError
 from modeconnect.methods import DSSConfig, DSSState, Order, Reason, TStar, choose_tstar, greedy_dss
+from modeconnect.methods.dss_beads import BeadConstraint, chord_geometry, perturb, restart_ts
 from modeconnect.params import point_from_module
 from modeconnect.path import Path
 from modeconnect.tasks import make_task
 from modeconnect.train import Objective, TrainConfig, train_to_target
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tasks are tiny: like a run (Task.threads), train them on one thread; a second only synchronises."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def trained_endpoints(task, threshold, seeds=(1, 2)):
@@ -244,7 +254,8 @@ def test_tstar_rules():
 
 @pytest.mark.parametrize("bad", [
     {"alpha": 0.0}, {"alpha": 1.5}, {"tolerance": 0.9}, {"grid_size": 2}, {"tstar": "max"}, {"order": "random"},
-    {"max_depth": -1}, {"tstar_margin": 0.5}, {"max_time_s": 0},
+    {"max_depth": -1}, {"tstar_margin": 0.5}, {"max_time_s": 0}, {"restarts": -1}, {"restart_shift": 0.5},
+    {"restart_perturbation": 2.0}, {"bead_constraint": "sphere"},
 ])
 def test_invalid_settings_are_refused_with_a_message(bad):
     with pytest.raises(ConfigError) as info:
@@ -253,10 +264,11 @@ def test_invalid_settings_are_refused_with_a_message(bad):
 
 
 def test_config_round_trips_through_dict():
-    cfg = DSSConfig(alpha=0.6, tstar="midpoint", order="breadth_first",
-                    bead_training=TrainConfig(lr=0.003, max_steps=10))
+    cfg = DSSConfig(alpha=0.6, tstar="midpoint", order="breadth_first", bead_constraint="hyperplane", restarts=2,
+                    bead_training=TrainConfig(lr=0.003, max_steps=10, dense_checks=5, proximal=0.1))
     again = DSSConfig.from_dict(cfg.to_dict())
     assert again == cfg and again.tstar is TStar.MIDPOINT and again.bead_training.max_steps == 10
+    assert again.bead_constraint is BeadConstraint.HYPERPLANE and again.bead_training.proximal == 0.1
 
 
 def test_bead_births_record_the_string_after_every_bead(quadratic):
@@ -282,3 +294,122 @@ def test_resuming_with_a_state_that_does_not_match_the_path_is_refused(quadratic
     with pytest.raises(ConfigError, match="bead births"):
         greedy_dss(Path([a, mid, b]), task.energy, task.objective, DSSConfig(), threshold=0.02,
                    state=DSSState(bead_births=[0, 0]))
+
+
+# -- where beads go: geometry, constraints, stuck beads -------------------------------------------------
+
+
+def test_bead_log_records_each_beads_geometry(quadratic):
+    task, (a, b) = quadratic
+    state = DSSState()
+    path, outcome = run(task, 0.02, (a, b), state=state)
+    assert path.n_beads >= 1
+    for k, entry in enumerate(state.bead_log, start=1):
+        assert {"displacement", "chord_distance", "start_chord_distance", "stuck_reason", "restarts"} <= set(entry)
+        if not entry["train_reached"]:
+            continue
+        bead = path.beads[state.bead_births.index(k)]
+        assert entry["chord_distance"] == pytest.approx(chord_geometry(a, b, [bead])[0], rel=1e-9)
+        assert entry["displacement"] > 0
+    first = state.bead_log[0]
+    # the first bead starts on the chord, so it ends no further from the chord than from its start
+    assert first["start_chord_distance"] == pytest.approx(0.0, abs=1e-6)  # float32 interpolation
+    assert first["chord_distance"] <= first["displacement"] + 1e-12
+    kept = [e for e in state.bead_log if e["train_reached"]]
+    assert outcome.extras["bead_displacement_max"] == max(e["displacement"] for e in kept)
+    assert outcome.extras["bead_chord_distance_max"] == max(e["chord_distance"] for e in kept)
+
+
+class Plateau(nn.Module):
+    """``E(w) = box(w1) (1 - w2)_+ - 1e-3 (w1 + w3)`` on ``w`` in R^3, endpoints at ``w1 = -1`` and ``1``.
+
+    The box is 1 on |w1| <= 0.8 and 0 beyond 0.9, so the segment between the endpoints crosses a barrier of
+    height 1 and a bead started in the middle has no reason to move along it, nor in w3: only w2 matters.
+    The tiny slopes in w1 and w3 are enough for Adam, which moves every coordinate by about its learning
+    rate per step: plain training slides along the chord (w1) and away from it (w3) as fast as it climbs w2.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+
+    def forward(self, x):
+        w1, w2, w3 = self.w
+        box = torch.clamp((0.9 - w1.abs()) / 0.1, min=0, max=1)
+        return x * (box * torch.clamp(1 - w2, min=0) - 1e-3 * (w1 + w3))
+
+
+def plateau_bead(**settings):
+    x, y = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+    energy, objective = Energy(Plateau(), x, y, "mae", strategy="loop"), Objective(x, y, "mae")
+    ends = [{"w": torch.tensor([v, 0.0, 0.0], dtype=torch.float64)} for v in (-1.0, 1.0)]
+    training = TrainConfig(lr=0.05, check_every=1, max_steps=200, proximal=settings.pop("proximal", 0.0))
+    state = DSSState()
+    greedy_dss(Path(ends), energy, objective, DSSConfig(max_beads=1, tstar="midpoint", bead_training=training,
+                                                        **settings),
+               threshold=0.25, state=state)
+    entry = state.bead_log[0]
+    assert entry["train_reached"] and entry["t_star"] == 0.5
+    return entry
+
+
+def test_proximal_and_hyperplane_beads_stay_closer_to_where_they_started():
+    plain = plateau_bead()
+    pulled = plateau_bead(proximal=0.1)
+    plane = plateau_bead(bead_constraint="hyperplane")
+    # plain Adam wanders: it slides along the chord (displacement well above its distance from the chord)
+    # and drifts off it in w3 (distance from the chord about sqrt(2) x the 0.8 it needs to climb in w2)
+    # (relative to the endpoint distance 2: plain moves ~0.8 in each of w1, w2, w3)
+    assert plain["displacement"] > 1.2 * plain["chord_distance"]
+    assert plain["chord_distance"] * 2 > 1.1
+    # the proximal pull keeps the irrelevant coordinates home: closer to the chord and to the start
+    assert pulled["chord_distance"] < 0.8 * plain["chord_distance"]
+    assert pulled["displacement"] < 0.8 * plain["displacement"]
+    # the hyperplane constraint forbids sliding: the whole displacement is off the chord
+    assert plane["displacement"] == pytest.approx(plane["chord_distance"], rel=1e-9)
+    assert plane["displacement"] < 0.85 * plain["displacement"]
+
+
+def zero_gradient_run(**settings):
+    """A tent of half-width 0.5 centred on the midpoint: DSS starts its bead at the tip, where torch's |.| has
+    gradient 0, so plain SGD cannot move it (energy 1, target 0.2)."""
+    energy, objective, ends = tent_line([0.0], radius=0.5)
+    state = DSSState()
+    config = DSSConfig(max_beads=1, bead_training=TrainConfig(optimizer="sgd", lr=0.1, check_every=1, max_steps=50),
+                       **settings)
+    path, outcome = greedy_dss(Path(ends), energy, objective, config, threshold=0.25, state=state)
+    return path, outcome, state.bead_log[0]
+
+
+def test_a_stuck_bead_reports_why():
+    path, outcome, entry = zero_gradient_run(restarts=0)
+    assert outcome.reason == Reason.BEAD_NOT_TRAINED and path.n_beads == 0
+    assert entry["t_star"] == 0.5 and entry["train_reason"] == "zero_gradient" and entry["train_steps"] == 1
+    assert entry["stuck_reason"] == "zero_gradient" and entry["restarts"] == 0
+    assert "zero_gradient" in outcome.message and "every gradient was exactly zero" in outcome.message
+    assert "step_cap" not in outcome.message
+
+
+def test_a_stuck_bead_restarts_off_the_saddle_and_trains():
+    path, outcome, entry = zero_gradient_run()
+    assert entry["stuck_reason"] == "zero_gradient" and entry["restarts"] == 1
+    assert entry["restart_t"] in (0.4, 0.6) and entry["train_reached"] and path.n_beads == 1
+    # the same settings give the same restart, bit for bit
+    again, _, entry_again = zero_gradient_run()
+    assert entry_again == entry and torch.equal(again.beads[1]["w"], path.beads[1]["w"])
+
+
+def test_restart_points_are_seeded_and_deterministic():
+    point = {"a": torch.zeros(3, 2), "buffer:n": torch.tensor(4)}
+    one, same, other = perturb(point, 0.5, 7), perturb(point, 0.5, 7), perturb(point, 0.5, 8)
+    assert torch.equal(one["a"], same["a"]) and not torch.equal(one["a"], other["a"])
+    assert float(torch.linalg.vector_norm(one["a"])) == pytest.approx(0.5)
+    assert torch.equal(one["buffer:n"], point["buffer:n"])  # buffers are not parameters: left alone
+    normal = {"a": torch.ones(3, 2), "buffer:n": torch.tensor(0)}
+    flat = perturb(point, 0.5, 7, normal)
+    assert float(torch.sum(flat["a"])) == pytest.approx(0.0, abs=1e-6)  # orthogonal to the normal
+    assert restart_ts(0.5, 0.1, 4, seed=3) == restart_ts(0.5, 0.1, 4, seed=3)
+    ts = restart_ts(0.5, 0.1, 4, seed=3)
+    assert sorted(ts) == [0.3, 0.4, 0.6, 0.7] and abs(ts[0] - 0.5) == pytest.approx(0.1)
+    assert {restart_ts(0.5, 0.1, 1, seed=s)[0] for s in range(20)} == {0.4, 0.6}
+    assert restart_ts(0.95, 0.1, 2, seed=0) in ([0.99, 0.85], [0.85, 0.99])  # kept inside (0, 1)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 import torch
 from torch.func import functional_call
@@ -10,6 +15,7 @@ from modeconnect.errors import ConfigError
 from modeconnect.params import interpolate, point_from_module
 from modeconnect.tasks import make_task
 from modeconnect.tasks.controls import permutation_points
+from modeconnect.train import train_to_target
 
 
 @pytest.mark.parametrize("name, formula", [
@@ -89,3 +95,58 @@ def test_permutation_model_has_12_parameters_and_one_unit_per_point():
 def test_bad_task_options(name, options, message):
     with pytest.raises(ConfigError, match=message):
         make_task(name, **options)
+
+
+# -- training defaults: endpoint margin and bead budget --------------------------------------------------
+
+DATA = Path(os.environ.get("MODECONNECT_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+REAL = {"mnist": ("mnist", {"conv1": 2, "conv2": 2, "fc": 4, "n_eval": 10, "n_train": 10}),
+        "mnist-kuditipudi": ("mnist", {"width": 2, "n_eval": 10, "n_train": 10}),
+        "cifar10": ("cifar10-subset", {"n_eval": 10, "n_train": 10}),
+        "ptb": ("ptb", {"n_eval": 2, "n_train": 1000})}
+
+
+def built_tasks():
+    tasks = [make_task(name) for name in ("quadratic", "cubic", "convex", "permutation")]
+    for name, (folder, options) in REAL.items():
+        if (DATA / folder).is_dir():
+            tasks.append(make_task(name, data_dir=DATA, **options))
+    return tasks
+
+
+def test_every_task_gives_beads_at_least_the_endpoints_step_budget():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a task whose defaults are inconsistent warns: fail on it here
+        tasks = built_tasks()
+    for task in tasks:
+        assert task.bead_training.max_steps >= task.endpoint_training.max_steps, task.name
+        assert task.bead_training.dense_checks > 0, task.name  # beads stop at the first step that gets there
+
+
+def test_endpoint_margins():
+    """Endpoints trained to the edge of the level set force beads below both of them: real tasks (and the
+    polynomials) train endpoints to 0.9 L0; the convex control needs no margin, the permutation pair has its own."""
+    fractions = {task.name: task.endpoint_fraction for task in built_tasks()}
+    assert fractions["quadratic"] == fractions["cubic"] == 0.9
+    assert fractions["convex"] == 1.0 and fractions["permutation"] == 0.5
+    assert all(fractions[name] == 0.9 for name in REAL if name in fractions)
+    assert all(task.describe()["endpoint_fraction"] == task.endpoint_fraction for task in built_tasks()[:4])
+
+
+def test_task_defaults_are_validated():
+    task = make_task("cubic")
+    with pytest.raises(ConfigError, match="endpoint_fraction must be in"):
+        replace(task, endpoint_fraction=0.0)
+    with pytest.warns(UserWarning, match="beads get max_steps=10 but endpoints 20000"):
+        replace(task, bead_training=replace(task.bead_training, max_steps=10))
+
+
+def test_polynomial_endpoints_stop_near_their_target_at_high_levels():
+    """Checked every 50 steps, quadratic endpoints at L0 = 0.125 ended at 0.02-0.05 (deep inside the level
+    set); with the first 500 steps checked one by one they stop within a few percent of 0.9 * L0."""
+    task = make_task("quadratic")
+    target = task.endpoint_fraction * 0.125
+    for seed in (0, 1):
+        _, status = train_to_target(point_from_module(task.make_model(seed)), energy=task.energy,
+                                    objective=task.objective, target=target, config=task.endpoint_training, seed=seed)
+        assert status.reached and status.final_energy > 0.85 * target

@@ -10,7 +10,7 @@ from torch import nn
 
 from modeconnect.energy import Energy
 from modeconnect.errors import ArchitectureMismatch, ConfigError
-from modeconnect.train import Objective, Optimizer, TrainConfig, TrainStatus, train_to_target
+from modeconnect.train import Objective, Optimizer, StopReason, TrainConfig, TrainStatus, check_steps, train_to_target
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -187,6 +187,10 @@ def test_config_rejects_bad_lr(lr):
         ({"batch_size": 0}, "batch_size must be >= 1"),
         ({"max_steps": -1}, "max_steps must be >= 0"),
         ({"momentum": -0.1}, "momentum must be >= 0"),
+        ({"dense_checks": -1}, "dense_checks must be >= 0"),
+        ({"proximal": -1.0}, "proximal must be a finite number >= 0"),
+        ({"proximal": math.inf}, "proximal must be a finite number >= 0"),
+        ({"stall_steps": -5}, "stall_steps must be >= 0"),
     ],
 )
 def test_config_validation(kwargs, message):
@@ -195,6 +199,8 @@ def test_config_validation(kwargs, message):
 
 
 def test_config_to_dict():
+    # dense_checks, proximal and stall_steps came with the bead-geometry work; their defaults keep the old
+    # behaviour (checks every check_every, no pull, training to the step cap)
     d = TrainConfig(optimizer="rmsprop", lr=0.5, batch_size=4).to_dict()
     assert d == {"optimizer": "rmsprop", "lr": 0.5, "batch_size": 4, "check_every": 25, "max_steps": 5000,
                  "momentum": 0.0, "dense_checks": 0, "proximal": 0.0, "stall_steps": 0}
@@ -211,3 +217,117 @@ def test_objective_validation():
     with pytest.raises(ConfigError, match="unknown metric"):
         Objective(x, y, "hinge")
     assert Objective(x, y, "mae").describe() == {"loss": "mae", "n_samples": 4}
+
+
+# -- where training stops and where the point goes ------------------------------------------------------
+
+
+@pytest.mark.parametrize("config, expected", [
+    (TrainConfig(check_every=4, max_steps=10), [4, 8, 10]),
+    (TrainConfig(check_every=4, max_steps=10, dense_checks=3), [1, 2, 3, 4, 8, 10]),
+    (TrainConfig(check_every=4, max_steps=10, dense_checks=5), [1, 2, 3, 4, 5, 8, 10]),
+    (TrainConfig(check_every=4, max_steps=3, dense_checks=50), [1, 2, 3]),
+    (TrainConfig(check_every=5, max_steps=10), [5, 10]),
+    (TrainConfig(max_steps=0, dense_checks=5), []),
+])
+def test_check_schedule(config, expected):
+    assert check_steps(config) == expected
+
+
+def test_dense_checks_stop_at_the_first_step_that_reaches_the_target():
+    energy, objective, start = _regression()
+    target = 0.5
+    # the reference: the energy checked after every single step
+    _, every = train_to_target(start, energy=energy, objective=objective, target=target,
+                               config=TrainConfig(lr=0.05, check_every=1, max_steps=500), seed=0)
+    first = every.steps
+    assert every.reached and first % 50 != 0
+    _, status = train_to_target(start, energy=energy, objective=objective, target=target,
+                                config=TrainConfig(lr=0.05, check_every=50, dense_checks=first, max_steps=500), seed=0)
+    assert status.reached and status.steps == first
+    # checked every 50 steps only, the same run trains on past the first step that reached the target
+    _, late = train_to_target(start, energy=energy, objective=objective, target=target,
+                              config=TrainConfig(lr=0.05, check_every=50, max_steps=500), seed=0)
+    assert late.reached and late.steps == 50 * math.ceil(first / 50) > first
+    assert late.final_energy < status.final_energy
+
+
+def _relu_regression():
+    """``y = relu(x @ w + c)`` on 64 samples; a start with its only unit dead has an exactly zero gradient."""
+    g = _gen(1)
+    x = torch.randn(64, 3, generator=g)
+    y = torch.relu(x @ torch.tensor([[1.0], [-1.0], [0.5]]) + 0.2)
+    net = nn.Sequential(nn.Linear(3, 1), nn.ReLU())
+    dead = {"0.weight": torch.zeros(1, 3), "0.bias": torch.tensor([-1.0])}
+    return Energy(net, x, y, "mse", strategy="loop"), Objective(x, y, "mse"), dead
+
+
+@pytest.mark.parametrize("batch_size, steps", [(None, 1), (16, 4)])
+def test_a_dead_start_reports_zero_gradient_after_one_epoch(batch_size, steps):
+    energy, objective, dead = _relu_regression()
+    point, status = train_to_target(dead, energy=energy, objective=objective, target=1e-3,
+                                    config=TrainConfig(lr=0.05, batch_size=batch_size, max_steps=1000), seed=0)
+    assert status.reason == StopReason.ZERO_GRADIENT.value and status.stuck and not status.reached
+    assert status.steps == steps  # one epoch of zero gradients, not the step cap
+    assert _same(point, dead)
+
+
+def test_an_unreachable_target_stalls_instead_of_running_to_the_step_cap():
+    """Noise in the held-out targets puts a floor under the energy: a target below it is never reached. (The
+    training targets are noisy too: a noise-free fit ends at an exactly zero gradient, reported as such.)"""
+    energy, objective, start = _regression()
+    noisy = Energy(energy.model, energy.inputs, energy.targets + 0.3 * torch.randn(32, 1, generator=_gen(3)),
+                   "mse", strategy="loop")
+    objective = Objective(objective.inputs, objective.targets + 0.3 * torch.randn(64, 1, generator=_gen(4)), "mse")
+    config = TrainConfig(lr=0.05, check_every=10, max_steps=5000, stall_steps=200)
+    _, status = train_to_target(start, energy=noisy, objective=objective, target=1e-4, config=config, seed=0)
+    assert status.reason == "stalled" and status.stuck and status.steps < 2000
+    _, capped = train_to_target(start, energy=noisy, objective=objective, target=1e-4,
+                                config=TrainConfig(lr=0.05, check_every=10, max_steps=2000), seed=0)
+    assert capped.reason == "step_cap" and not capped.stuck and capped.steps == 2000
+
+
+class _Drift(nn.Module):
+    """``E(w) = (1 - w1)_+ - 1e-3 w2``: only w1 matters; w2's tiny gradient still gets Adam's full step size."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+
+    def forward(self, x):
+        return x * (torch.clamp(1 - self.w[0], min=0) - 1e-3 * self.w[1])
+
+
+def _drift():
+    x, y = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+    return Energy(_Drift(), x, y, "mae", strategy="loop"), Objective(x, y, "mae")
+
+
+def test_proximal_term_keeps_the_point_near_its_start():
+    energy, objective = _drift()
+    start = {"w": torch.zeros(2, dtype=torch.float64)}
+
+    def train(proximal):
+        point, status = train_to_target(start, energy=energy, objective=objective, target=0.2, seed=0,
+                                        config=TrainConfig(lr=0.05, check_every=1, proximal=proximal))
+        assert status.reached
+        return point["w"]
+
+    plain, pulled = train(0.0), train(0.1)
+    # plain Adam moves the irrelevant coordinate about as fast as the relevant one
+    assert float(plain[1]) > 0.7 * float(plain[0])
+    assert abs(float(pulled[1])) < 0.25 * float(plain[1])
+    assert float(torch.linalg.vector_norm(pulled)) < float(torch.linalg.vector_norm(plain))
+
+
+def test_hyperplane_normal_keeps_the_displacement_orthogonal_to_it():
+    energy, objective = _drift()
+    start = {"w": torch.tensor([0.0, 0.5], dtype=torch.float64)}
+    normal = {"w": torch.tensor([0.0, 3.0], dtype=torch.float64)}  # any length: it is normalised
+    point, status = train_to_target(start, energy=energy, objective=objective, target=0.2, seed=0,
+                                    config=TrainConfig(lr=0.05, check_every=1), hyperplane_normal=normal)
+    assert status.reached
+    assert float(point["w"][1]) == pytest.approx(0.5, abs=1e-12)  # no motion along the normal
+    with pytest.raises(ConfigError, match="nonzero"):
+        train_to_target(start, energy=energy, objective=objective, target=0.2, seed=0, config=TrainConfig(),
+                        hyperplane_normal={"w": torch.zeros(2, dtype=torch.float64)})

@@ -73,7 +73,8 @@ class StopReason(str, Enum):
     """The energy became NaN or infinite."""
     ZERO_GRADIENT = "zero_gradient"
     """Every gradient of a whole epoch of minibatches was exactly zero: the point cannot move (dead units, a
-    flat region, or a critical point such as a symmetric saddle)."""
+    flat region, a critical point such as a symmetric saddle, or an exact minimum of the training loss whose
+    energy is still above the target)."""
     STALLED = "stalled"
     """The energy made almost no progress (see STALL_PROGRESS) for stall_steps steps: stuck on a plateau or in
     an invariant subspace (e.g. two hidden units kept equal by the symmetry of the start)."""

@@ -51,9 +51,10 @@ class BeadConstraint(str, Enum):
 
 
 STUCK_EXPLANATIONS = {
-    "zero_gradient": "every gradient was exactly zero: dead units, a flat region or a critical point",
-    "stalled": "the energy stopped improving: a plateau, or a symmetric start (e.g. two equal hidden units) "
-               "that every gradient step preserves",
+    "zero_gradient": "every gradient was exactly zero: dead units, a flat region, a critical point, or an exact "
+                     "minimum of the training loss above the target",
+    "stalled": "the energy stopped improving: a plateau, dead units (a sample no unit responds to), or a "
+               "symmetric start (e.g. two equal hidden units) that every gradient step preserves",
 }
 """A sentence per stuck training reason, for failure messages."""
 
@@ -195,6 +196,7 @@ def persistence(log: list[dict[str, Any]], accept: float) -> str:
     if not trained:
         return ""
     low = min(entry["barrier"] for entry in trained)
+    verdict = ": a persistent barrier" if low >= 2 * accept else ""
     return (f"; all {len(trained)} bead(s) trained below alpha*L0, yet every barrier they split was at least "
-            f"{low:.4g} ({low / accept:.3g} x the acceptance level): a persistent barrier")
+            f"{low:.4g} ({low / accept:.3g} x the acceptance level){verdict}")
 
