@@ -17,7 +17,7 @@ def test_with_default_settings_the_pair_fails_on_a_persistent_barrier(default_ru
     result = default_run
     threshold = result["threshold"]
     assert not result["connected"] and not result["certified"]
-    assert result["reason"] == "depth_exhausted"
+    assert result["reason"] == "persistent_barrier"
     assert "persistent barrier" in result["message"] and "barrier" in result["message"].split(">")[0]
     # every bead trained: the run failed on the landscape, not on training
     assert len(result["bead_log"]) == result["n_beads"] == 10

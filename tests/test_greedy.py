@@ -413,3 +413,16 @@ def test_restart_points_are_seeded_and_deterministic():
     assert sorted(ts) == [0.3, 0.4, 0.6, 0.7] and abs(ts[0] - 0.5) == pytest.approx(0.1)
     assert {restart_ts(0.5, 0.1, 1, seed=s)[0] for s in range(20)} == {0.4, 0.6}
     assert restart_ts(0.95, 0.1, 2, seed=0) in ([0.99, 0.85], [0.85, 0.99])  # kept inside (0, 1)
+
+
+def test_persistence_needs_trained_beads_and_every_split_barrier_at_least_twice_the_acceptance_level():
+    from modeconnect.methods.dss_beads import persistence
+
+    assert persistence([], 1.0) == (False, "")
+    assert persistence([{"train_reached": False, "barrier": 9.0}], 1.0) == (False, "")
+    persistent, clause = persistence([{"train_reached": True, "barrier": 3.0},
+                                      {"train_reached": True, "barrier": 2.0}], 1.0)
+    assert persistent and "persistent barrier" in clause and "at least 2" in clause
+    persistent, clause = persistence([{"train_reached": True, "barrier": 3.0},
+                                      {"train_reached": True, "barrier": 1.5}], 1.0)
+    assert not persistent and "persistent" not in clause

@@ -198,7 +198,7 @@ class TrainStatus:
         return asdict(self)
 
 
-def _make_optimizer(params: list[Tensor], config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: list[Tensor], config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer is Optimizer.ADAM:
         return torch.optim.Adam(params, lr=config.lr)
     if config.optimizer is Optimizer.RMSPROP:
@@ -206,7 +206,7 @@ def _make_optimizer(params: list[Tensor], config: TrainConfig) -> torch.optim.Op
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
 
 
-class _Batches:
+class Minibatches:
     """Seeded minibatches: reshuffled epochs without replacement (the full set when batch_size is None)."""
 
     def __init__(self, objective: Objective, ref: Tensor, batch_size: int | None, seed: int) -> None:
@@ -255,6 +255,8 @@ def train_to_target(
     seed: int,
     on_check: Callable[[int, float], None] | None = None,
     hyperplane_normal: Mapping[str, Tensor] | None = None,
+    extra_loss: Callable[[dict[str, Tensor]], Tensor] | None = None,
+    project: Callable[[dict[str, Tensor]], None] | None = None,
 ) -> tuple[Point, TrainStatus]:
     """Train a copy of ``start`` until ``energy(point) <= target``, the step cap, or a stuck point.
 
@@ -263,6 +265,9 @@ def train_to_target(
     every energy check (for progress displays). ``start`` is not modified.
     With ``hyperplane_normal`` (a direction with the point's keys) every step is
     projected back onto the hyperplane through ``start`` orthogonal to it.
+    ``extra_loss(params)`` is added to the training loss (e.g. constrained DSS's spring), and
+    ``project(params)`` moves the parameters in place before the first step and after every step (the
+    proximal pull is towards the projected start).
 
     Only parameters are optimised. BatchNorm statistics a point carries (``buffer:`` keys, the
     INTERPOLATE policy) are updated by the training forward's running average (see
@@ -271,10 +276,15 @@ def train_to_target(
     energy.check_point(start, "the starting point")
     params = {k: v.detach().clone().requires_grad_(True) for k, v in start.items() if not is_buffer_key(k)}
     buffers = {k: v.detach().clone() for k, v in start.items() if is_buffer_key(k)}
+    if hyperplane_normal is not None:
+        if project is not None:
+            raise ValueError("give hyperplane_normal or project, not both")
+        project = _Hyperplane({k: v.detach().clone() for k, v in params.items()}, hyperplane_normal).project
+    if project is not None:
+        project(params)
     origin = {k: v.detach().clone() for k, v in params.items()}
-    plane = _Hyperplane(origin, hyperplane_normal) if hyperplane_normal is not None else None
-    optimizer = _make_optimizer(list(params.values()), config)
-    batches = _Batches(objective, next(iter(params.values())), config.batch_size, seed)
+    optimizer = make_optimizer(list(params.values()), config)
+    batches = Minibatches(objective, next(iter(params.values())), config.batch_size, seed)
 
     def check(step: int) -> float:
         value = energy({k: v.detach() for k, v in params.items()} | buffers)
@@ -311,12 +321,14 @@ def train_to_target(
             loss = metric_sum(objective.loss, outputs, y) / metric_count(objective.loss, y)
             if config.proximal:
                 loss = loss + 0.5 * config.proximal * sum(torch.sum((p - origin[k]) ** 2) for k, p in params.items())
+            if extra_loss is not None:
+                loss = loss + extra_loss(params)
             loss.backward()
             zero = all(p.grad is None or not bool(p.grad.any()) for p in params.values())
             zero_run = zero_run + 1 if zero else 0
             optimizer.step()
-            if plane is not None:
-                plane.project(params)
+            if project is not None:
+                project(params)
             step += 1
             if zero_run >= batches.per_epoch:
                 break

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, ClassVar
@@ -35,19 +35,16 @@ from torch import Tensor
 from ..batchnorm import is_buffer_key
 from ..energy import Energy
 from ..errors import ConfigError
-from ..metrics import metric_count, metric_sum
 from ..params import Point, distance, interpolate
 from ..path import Path, Straight
 from ..seeding import derive_seed
-from ..train import STALL_PROGRESS, Objective, StopReason, TrainConfig, TrainStatus, check_steps
-from ..train import _Batches as Minibatches  # the trainer's own seeded sampling: a seed means the same batches
-from ..train import _make_optimizer as make_optimizer
+from ..train import Objective, TrainConfig, TrainStatus, train_to_target
 from .base import Checkpoint, Outcome, Progress
+from .dss_beads import persistence
 from .greedy_dss import MAX_GRID_SIZE, DSSState, Order, Reason, SegmentRecord, TStar, choose_tstar
 
 __all__ = ["Constraint", "KappaForm", "ConstrainedDSSConfig", "ConstrainedDSSState", "ConstrainedDSS",
-           "Hyperplane", "constraint_terms", "train_on_hyperplane", "chord_position",
-           "train_with_terms", "as_enum"]
+           "Hyperplane", "constraint_terms", "train_on_hyperplane", "chord_position", "as_enum"]
 
 
 class Constraint(str, Enum):
@@ -203,73 +200,6 @@ def constraint_terms(theta: Mapping[str, Tensor], a: Mapping[str, Tensor], b: Ma
     return {"spring": spring, "deviation": deviation, "total": spring + deviation}
 
 
-def train_with_terms(start: Mapping[str, Tensor], *, energy: Energy, objective: Objective, target: float,
-                     config: TrainConfig, seed: int, terms: Callable[[dict[str, Tensor]], Tensor] | None = None,
-                     project: Callable[[dict[str, Tensor]], None] | None = None) -> tuple[Point, TrainStatus]:
-    """train.py's ``train_to_target`` with two hooks: ``terms(params)`` is added to the training loss and
-    ``project(params)`` moves the point in place before the first step and after every step.
-
-    Every TrainConfig setting means what it means there (check schedule, proximal pull towards the
-    (projected) start, stall and zero-gradient stops), so the ``--bead-*`` flags act the same on every method.
-    """
-    energy.check_point(start, "the starting point")
-    params = {k: v.detach().clone().requires_grad_(True) for k, v in start.items() if not is_buffer_key(k)}
-    buffers = {k: v.detach().clone() for k, v in start.items() if is_buffer_key(k)}
-    if project is not None:
-        project(params)
-    origin = {k: v.detach().clone() for k, v in params.items()}
-    optimizer = make_optimizer(list(params.values()), config)
-    batches = Minibatches(objective, next(iter(params.values())), config.batch_size, seed)
-
-    def check() -> float:
-        return energy({k: v.detach() for k, v in params.items()} | buffers)
-
-    step, value, zero_run = 0, check(), 0
-    best, best_step = value, 0
-    schedule = iter(check_steps(config))
-    while True:
-        if value <= target:
-            reason = StopReason.REACHED
-            break
-        if not math.isfinite(value):
-            reason = StopReason.DIVERGED
-            break
-        if zero_run >= batches.per_epoch:
-            reason = StopReason.ZERO_GRADIENT
-            break
-        if value < best - STALL_PROGRESS * (best - target):
-            best, best_step = value, step
-        elif config.stall_steps and step - best_step >= config.stall_steps:
-            reason = StopReason.STALLED
-            break
-        if step >= config.max_steps:
-            reason = StopReason.STEP_CAP
-            break
-        until = next(schedule)
-        while step < until:
-            x, y = batches.next()
-            optimizer.zero_grad(set_to_none=True)
-            outputs = energy.train_forward(params | buffers, x)
-            loss = metric_sum(objective.loss, outputs, y) / metric_count(objective.loss, y)
-            if config.proximal:
-                loss = loss + 0.5 * config.proximal * sum(((p - origin[k]) ** 2).sum() for k, p in params.items())
-            if terms is not None:
-                loss = loss + terms(params)
-            loss.backward()
-            zero = all(p.grad is None or not bool(p.grad.any()) for p in params.values())
-            zero_run = zero_run + 1 if zero else 0
-            optimizer.step()
-            if project is not None:
-                project(params)
-            step += 1
-            if zero_run >= batches.per_epoch:
-                break
-        value = check()
-    point = {k: (buffers[k] if is_buffer_key(k) else params[k].detach()) for k in start}
-    return point, TrainStatus(reached=reason is StopReason.REACHED, steps=step, final_energy=value, target=target,
-                              reason=reason.value)
-
-
 def train_on_hyperplane(start: Mapping[str, Tensor], a: Mapping[str, Tensor], b: Mapping[str, Tensor], *,
                         energy: Energy, objective: Objective, target: float, config: TrainConfig, seed: int,
                         constraint: Constraint, zeta: float, kappa: float,
@@ -287,8 +217,8 @@ def train_on_hyperplane(start: Mapping[str, Tensor], a: Mapping[str, Tensor], b:
     if zeta or kappa:
         def terms(params: dict[str, Tensor]) -> Tensor:
             return constraint_terms(params, a, b, zeta=zeta, kappa=kappa, kappa_form=kappa_form, plane=plane)["total"]
-    return train_with_terms(start, energy=energy, objective=objective, target=target, config=config, seed=seed,
-                            terms=terms, project=plane.project_ if project else None)
+    return train_to_target(start, energy=energy, objective=objective, target=target, config=config, seed=seed,
+                           extra_loss=terms, project=plane.project_ if project else None)
 
 
 def chord_position(theta: Mapping[str, Tensor], a: Mapping[str, Tensor],
@@ -362,7 +292,9 @@ class ConstrainedDSS:
                 continue
             where = f"segment {i} (depth {seg.depth}) has barrier {seg.max_energy:.4g} > {accept:.4g}"
             if seg.depth >= config.max_depth:
-                reason, message = Reason.DEPTH_EXHAUSTED, f"{where} at the depth cap max_depth={config.max_depth}"
+                persistent, clause = persistence(state.bead_log, accept)
+                reason = Reason.PERSISTENT_BARRIER if persistent else Reason.DEPTH_EXHAUSTED
+                message = f"{where} at the depth cap max_depth={config.max_depth}{clause}"
                 break
             if path.n_beads >= config.max_beads:
                 reason, message = Reason.BEAD_BUDGET_EXHAUSTED, f"{where} but the path has max_beads={config.max_beads}"

@@ -186,17 +186,19 @@ def geometry_summary(log: list[dict[str, Any]]) -> dict[str, float | None]:
             "bead_chord_distance_max": max((e["chord_distance"] for e in kept), default=None)}
 
 
-def persistence(log: list[dict[str, Any]], accept: float) -> str:
-    """A clause for a depth-exhausted run: whether its beads trained while the barriers they split persisted.
+def persistence(log: list[dict[str, Any]], accept: float) -> tuple[bool, str]:
+    """Whether a depth-exhausted run shows a persistent barrier, and a clause saying why.
 
     That is what a disconnection looks like to DSS (Appendix E): every bead lands in the level set, yet each
-    segment it creates keeps a barrier, which moves with the beads instead of shrinking.
+    segment it creates keeps a barrier, which moves with the beads instead of shrinking. It is persistent when
+    at least one bead was trained and every barrier a trained bead split was at least twice the acceptance
+    level.
     """
     trained = [entry for entry in log if entry.get("train_reached")]
     if not trained:
-        return ""
+        return False, ""
     low = min(entry["barrier"] for entry in trained)
-    verdict = ": a persistent barrier" if low >= 2 * accept else ""
-    return (f"; all {len(trained)} bead(s) trained below alpha*L0, yet every barrier they split was at least "
-            f"{low:.4g} ({low / accept:.3g} x the acceptance level){verdict}")
-
+    persistent = low >= 2 * accept
+    verdict = ": a persistent barrier" if persistent else ""
+    return persistent, (f"; all {len(trained)} bead(s) trained below alpha*L0, yet every barrier they split was at "
+                        f"least {low:.4g} ({low / accept:.3g} x the acceptance level){verdict}")

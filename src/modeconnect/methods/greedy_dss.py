@@ -70,6 +70,10 @@ class Reason(str, Enum):
     """A new bead could not be trained to alpha * threshold within its step cap."""
     DEPTH_EXHAUSTED = "depth_exhausted"
     """A failing segment is already at max_depth."""
+    PERSISTENT_BARRIER = "persistent_barrier"
+    """A failing segment is at max_depth, every bead trained below alpha * L0, and every barrier a bead split
+    was at least twice the acceptance level: the barrier moved with the beads instead of shrinking, which is
+    what a disconnection looks like to DSS (Appendix E)."""
     BEAD_BUDGET_EXHAUSTED = "bead_budget_exhausted"
     """A failing segment needs a bead but the path already has max_beads."""
     TIME_EXHAUSTED = "time_exhausted"
@@ -349,8 +353,9 @@ def greedy_dss(
             continue
         where = f"segment {i} (depth {seg.depth}) has barrier {seg.max_energy:.4g} > {accept:.4g}"
         if seg.depth >= config.max_depth:
-            reason, message = Reason.DEPTH_EXHAUSTED, f"{where} at the depth cap max_depth={config.max_depth}"
-            message += persistence(state.bead_log, accept)
+            persistent, clause = persistence(state.bead_log, accept)
+            reason = Reason.PERSISTENT_BARRIER if persistent else Reason.DEPTH_EXHAUSTED
+            message = f"{where} at the depth cap max_depth={config.max_depth}{clause}"
             break
         if path.n_beads >= config.max_beads:
             reason = Reason.BEAD_BUDGET_EXHAUSTED

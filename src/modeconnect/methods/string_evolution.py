@@ -44,9 +44,18 @@ from ..metrics import metric_count, metric_sum
 from ..params import Point, interpolate, stack_points
 from ..path import Path, Straight
 from ..seeding import derive_seed
-from ..train import STALL_PROGRESS, Objective, StopReason, TrainConfig, TrainStatus, check_steps
+from ..train import (
+    STALL_PROGRESS,
+    Minibatches,
+    Objective,
+    StopReason,
+    TrainConfig,
+    TrainStatus,
+    check_steps,
+    make_optimizer,
+)
 from .base import Checkpoint, Outcome, Progress
-from .constrained_dss import Minibatches, as_enum, make_optimizer  # train.py's sampling and optimizers
+from .constrained_dss import as_enum
 from .greedy_dss import MAX_GRID_SIZE, TStar, choose_tstar
 
 __all__ = ["LevelStart", "Batching", "EvolutionReason", "StringEvolutionConfig", "EvolutionSegment",
