@@ -6,9 +6,8 @@ import json
 
 import pytest
 import torch
-from torch import nn
 
-from modeconnect import METHODS, Energy, Objective, connect
+from modeconnect import METHODS, connect
 from modeconnect.connect import connect_path
 from modeconnect.errors import ConfigError
 from modeconnect.experiments import ConnectRunConfig, run_connect
@@ -18,29 +17,18 @@ from modeconnect.methods.string_evolution import (
     StringEvolutionState,
     train_string,
 )
-from modeconnect.params import interpolate, point_from_module
+from modeconnect.params import interpolate
 from modeconnect.path import Path
-from modeconnect.tasks._init import seeded
 from modeconnect.train import TrainConfig, train_to_target
 
 L0 = 0.02
 BEADS = TrainConfig(lr=0.05, max_steps=3000)
 
 
-def _mlp(seed: int) -> nn.Module:
-    return seeded(lambda: nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1)), seed).double()
-
-
 @pytest.fixture(scope="module")
-def pair():
-    """Two 1-8-1 tanh networks fitted to sin(3x) in float64 below L0 / 2; their straight segment peaks near 0.26."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(64, 1, generator=g, dtype=torch.float64)
-    y = torch.sin(3 * x)
-    energy, objective = Energy(_mlp(0), x, y, "mse", strategy="vmap"), Objective(x, y, "mse")
-    ends = [train_to_target(point_from_module(_mlp(s)), energy=energy, objective=objective, target=L0 / 2,
-                            config=BEADS, seed=s)[0] for s in (0, 1)]
-    return ends, energy, objective
+def pair(tanh_pair):
+    """Two 1-8-1 tanh networks below L0 / 2 whose straight segment peaks near 0.26 (conftest's tanh_pair)."""
+    return tanh_pair
 
 
 @pytest.fixture(scope="module")
