@@ -22,15 +22,24 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ..energy import Energy
+from ..errors import ConfigError
 from ..path import Path
 from ..train import Objective
 
-__all__ = ["Outcome", "PathMethod", "Checkpoint", "Progress"]
+__all__ = ["Outcome", "PathMethod", "Checkpoint", "Progress", "as_enum"]
 
 Checkpoint = Callable[[Path, Any], None]
 """``checkpoint(path, state)``: called by a method whenever its state is worth saving, and once at the end."""
 Progress = Callable[[str], None]
 """``progress(line)``: a human-readable line about what the method is doing."""
+
+
+def as_enum(cls, value, name: str):
+    """``cls(value)`` for a setting read from a flag or a file, or a ConfigError listing the choices."""
+    try:
+        return cls(value)
+    except ValueError:
+        raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(m.value for m in cls)}") from None
 
 
 @dataclass(frozen=True)

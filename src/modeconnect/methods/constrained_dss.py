@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
 
@@ -39,9 +39,19 @@ from ..params import Point, distance, interpolate
 from ..path import Path, Straight
 from ..seeding import derive_seed
 from ..train import Objective, TrainConfig, TrainStatus, train_to_target
-from .base import Checkpoint, Outcome, Progress
+from .base import Checkpoint, Outcome, Progress, as_enum
 from .dss_beads import persistence
-from .greedy_dss import MAX_GRID_SIZE, DSSState, Order, Reason, SegmentRecord, TStar, choose_tstar
+from .greedy_dss import (
+    MAX_GRID_SIZE,
+    DSSState,
+    Order,
+    Reason,
+    SegmentRecord,
+    TStar,
+    choose_tstar,
+    evaluate_segment,
+    next_segment,
+)
 
 __all__ = ["Constraint", "KappaForm", "ConstrainedDSSConfig", "ConstrainedDSSState", "ConstrainedDSS",
            "Hyperplane", "constraint_terms", "train_on_hyperplane", "chord_position", "as_enum"]
@@ -65,14 +75,6 @@ class KappaForm(str, Enum):
     """|n . (theta - m)| / |theta - m|: the paper's literal (scale-free) form, with its typo (theta_{i-1} -
     theta_{i+1})/2 read as the midpoint (theta_{i-1} + theta_{i+1})/2. Its gradient vanishes on the normal
     line through m, where a bead started off-centre sits, so it cannot pull such a bead back."""
-
-
-def as_enum(cls, value, name):
-    """``cls(value)`` or a ConfigError listing the choices."""
-    try:
-        return cls(value)
-    except ValueError:
-        raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(m.value for m in cls)}") from None
 
 
 @dataclass(frozen=True)
@@ -233,21 +235,6 @@ def chord_position(theta: Mapping[str, Tensor], a: Mapping[str, Tensor],
 
 
 # -- the method ---------------------------------------------------------------------------------------------
-def _evaluate(path: Path, records: list[SegmentRecord], i: int, energy: Energy, grid_size: int):
-    ts = torch.linspace(0.0, 1.0, grid_size, dtype=torch.float64)
-    values = path.energies(i, ts, energy)
-    k = int(torch.argmax(values))
-    records[i] = replace(records[i], max_energy=float(values[k]), argmax_t=float(ts[k]), grid_size=grid_size)
-    return ts, values
-
-
-def _next_segment(records: list[SegmentRecord], order: Order) -> int | None:
-    pending = [i for i, s in enumerate(records) if not s.evaluated]
-    if not pending:
-        return None
-    return pending[0] if order is Order.DEPTH_FIRST else min(pending, key=lambda i: (records[i].depth, i))
-
-
 class ConstrainedDSS:
     """Constrained DSS as a registered path method (see the module docstring)."""
 
@@ -282,9 +269,9 @@ class ConstrainedDSS:
             return elapsed0 + time.perf_counter() - clock
 
         reason, message = Reason.CONNECTED, "every segment stays below tolerance * threshold"
-        while (i := _next_segment(records, config.order)) is not None:
+        while (i := next_segment(records, config.order)) is not None:
             tick = time.perf_counter()
-            ts, values = _evaluate(path, records, i, energy, config.grid_size)
+            ts, values = evaluate_segment(path, records, i, energy, config.grid_size)
             state.segment_evaluation_s += time.perf_counter() - tick
             seg = records[i]
             if seg.max_energy <= accept:
@@ -329,8 +316,8 @@ class ConstrainedDSS:
                 checkpoint(path, state)
 
         if reason is not Reason.CONNECTED:  # complete the picture: evaluate what is left unchecked
-            while (j := _next_segment(records, Order.DEPTH_FIRST)) is not None:
-                _evaluate(path, records, j, energy, config.grid_size)
+            while (j := next_segment(records, Order.DEPTH_FIRST)) is not None:
+                evaluate_segment(path, records, j, energy, config.grid_size)
         worst = max(range(len(records)), key=lambda j: records[j].max_energy)
         outcome = Outcome(
             connected=reason is Reason.CONNECTED, reason=reason.value, message=message,

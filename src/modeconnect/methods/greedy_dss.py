@@ -33,7 +33,7 @@ from ..errors import ConfigError
 from ..path import Path, Straight
 from ..seeding import derive_seed
 from ..train import Objective, TrainConfig
-from .base import Checkpoint, Outcome, Progress
+from .base import Checkpoint, Outcome, Progress, as_enum
 from .dss_beads import BeadConstraint, geometry_summary, persistence, train_bead, warn_about_endpoints, why_not_trained
 
 __all__ = ["TStar", "Order", "Reason", "BeadConstraint", "DSSConfig", "SegmentRecord", "DSSState", "GreedyDSS",
@@ -78,13 +78,6 @@ class Reason(str, Enum):
     """A failing segment needs a bead but the path already has max_beads."""
     TIME_EXHAUSTED = "time_exhausted"
     """The wall-time budget max_time_s ran out."""
-
-
-def _enum(cls, value, name):
-    try:
-        return cls(value)
-    except ValueError:
-        raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(m.value for m in cls)}") from None
 
 
 @dataclass(frozen=True)
@@ -132,9 +125,9 @@ class DSSConfig:
     """Base seed; bead k is trained with a seed derived from (seed, k). A run sets it from its own seed."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tstar", _enum(TStar, self.tstar, "tstar"))
-        object.__setattr__(self, "order", _enum(Order, self.order, "order"))
-        object.__setattr__(self, "bead_constraint", _enum(BeadConstraint, self.bead_constraint, "bead_constraint"))
+        object.__setattr__(self, "tstar", as_enum(TStar, self.tstar, "tstar"))
+        object.__setattr__(self, "order", as_enum(Order, self.order, "order"))
+        object.__setattr__(self, "bead_constraint", as_enum(BeadConstraint, self.bead_constraint, "bead_constraint"))
         if isinstance(self.bead_training, dict):
             object.__setattr__(self, "bead_training", TrainConfig(**self.bead_training))
         if not 0 < self.alpha <= 1:
@@ -264,7 +257,8 @@ def choose_tstar(ts: torch.Tensor, values: torch.Tensor, config: DSSConfig, thre
     return round(float(cand_t[int(torch.argmax(cand_v))]), 12)
 
 
-def _next_segment(records: list[SegmentRecord], order: Order) -> int | None:
+def next_segment(records: list[SegmentRecord], order: Order) -> int | None:
+    """The index of the next unchecked segment under ``order`` (None when every segment is checked)."""
     pending = [i for i, s in enumerate(records) if not s.evaluated]
     if not pending:
         return None
@@ -273,7 +267,7 @@ def _next_segment(records: list[SegmentRecord], order: Order) -> int | None:
     return min(pending, key=lambda i: (records[i].depth, i))
 
 
-def _evaluate(path: Path, records: list[SegmentRecord], i: int, energy: Energy,
+def evaluate_segment(path: Path, records: list[SegmentRecord], i: int, energy: Energy,
               grid_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Evaluate piece ``i`` on a uniform grid and record its maximum; returns ``(ts, energies)``."""
     ts = torch.linspace(0.0, 1.0, grid_size, dtype=torch.float64)
@@ -343,9 +337,9 @@ def greedy_dss(
     reason, message = Reason.CONNECTED, "every segment stays below tolerance * threshold"
     if state.beads_trained == 0:
         warn_about_endpoints(path, energy, target, say)
-    while (i := _next_segment(records, config.order)) is not None:
+    while (i := next_segment(records, config.order)) is not None:
         tick = time.perf_counter()
-        ts, values = _evaluate(path, records, i, energy, config.grid_size)
+        ts, values = evaluate_segment(path, records, i, energy, config.grid_size)
         state.segment_evaluation_s += time.perf_counter() - tick
         seg = records[i]
         if seg.max_energy <= accept:
@@ -394,8 +388,8 @@ def greedy_dss(
 
     if reason is not Reason.CONNECTED:  # complete the picture: evaluate what is left unchecked
         tick = time.perf_counter()
-        while (j := _next_segment(records, Order.DEPTH_FIRST)) is not None:
-            _evaluate(path, records, j, energy, config.grid_size)
+        while (j := next_segment(records, Order.DEPTH_FIRST)) is not None:
+            evaluate_segment(path, records, j, energy, config.grid_size)
         state.segment_evaluation_s += time.perf_counter() - tick
     worst = max(range(len(records)), key=lambda j: records[j].max_energy)
     outcome = Outcome(
