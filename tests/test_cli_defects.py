@@ -56,6 +56,11 @@ def unfinished_copy(finished: Path, where: Path) -> Path:
     (["--grid-size", "1000000000"], "grid_size must be between 3"),
     (["--bead-lr", "-1e-3"], "lr must be a positive number"),
     (["--certify-initial-grid", "2"], "initial_grid must be None or an int >= 3"),
+    (["--method", "constrained_dss", "--zeta", "-1"], "zeta must be a finite number >= 0, got -1.0"),
+    (["--method", "string_evolution", "--grid-size", "2"], "grid_size must be between 3 and 100,000, got 2"),
+    (["--prove", "--proof-slack", "-1"], "proof slack must be a finite number >= 0, got -1.0"),
+    (["--prove", "--proof-dtype", "float16"], "proof dtype must be one of float64, float32, got 'float16'"),
+    (["--prove", "--proof-max-bounds", "0"], "proof max_bounds must be an int >= initial_pieces"),
 ])
 def test_bad_settings_are_one_line_errors(capsys, argv, message):
     code, _, stderr = run_cli(capsys, "connect", "--task", "convex", "--quiet", *argv)
@@ -247,3 +252,26 @@ def test_no_env_leak_from_data_dir(capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("MODECONNECT_DATA", raising=False)
     run_cli(capsys, "connect", "--task", "mnist", "--data-dir", str(tmp_path / "missing"))
     assert "MODECONNECT_DATA" not in os.environ
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "constrained_dss", "--constraint", "bogus"], "argument --constraint: invalid choice: 'bogus'"),
+    (["--method", "constrained_dss", "--kappa", "nan"], "argument --kappa: expected a number, got nan"),
+    (["--align", "bogus"], "argument --align: invalid choice: 'bogus'"),
+    (["--method", "nosuch"], "argument --method: invalid choice: 'nosuch'"),
+])
+def test_bad_choices_of_the_new_methods_are_usage_errors(capsys, tmp_path, argv, message):
+    with pytest.raises(SystemExit) as exit_:  # argparse's usage error
+        cli.main(["connect", "--task", "cubic", "--out", str(tmp_path / "r"), *argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err and message in err.strip().splitlines()[-1]
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_bead_step_cap_below_the_endpoints_is_noted_before_any_training(capsys, tmp_path):
+    from modeconnect.experiments import ConnectRunConfig
+
+    config = ConnectRunConfig(task="cubic", threshold=0.05, method_settings={"bead_training": {"max_steps": 10}})
+    (note,) = config.resolve().notes()
+    assert "beads get max_steps=10 but endpoints 20000" in note and "--bead-max-steps" in note
+    assert ConnectRunConfig(task="cubic", threshold=0.05).resolve().notes() == []

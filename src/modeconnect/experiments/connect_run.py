@@ -34,6 +34,7 @@ from ..proof import ProofConfig
 from ..seeding import derive_seed
 from ..settings import apply_overrides, from_dict, to_dict
 from ..tasks import TASKS, Task, make_task
+from ..tasks.base import budget_warning
 from ..train import TrainConfig, train_to_target
 from .store import RunDirectory
 
@@ -146,6 +147,12 @@ class ResolvedRun:
     proof: ProofConfig | None = None
     """The proof settings when the run proves its path (``prove``), else None."""
 
+    def notes(self) -> list[str]:
+        """Sentences about settings that are valid but likely to make the run fail for a dull reason."""
+        bead = getattr(self.method_config, "bead_training", None)
+        note = None if bead is None else budget_warning(self.task.name, bead, self.endpoint_training)
+        return [note] if note else []
+
     def record(self) -> dict[str, Any]:
         """What ``config.json`` holds (and what the run's identity hashes)."""
         return {"run": self.config.to_dict(), "task": self.task.describe(), "threshold": self.threshold,
@@ -187,6 +194,8 @@ def run_connect(
     """
     say = progress or (lambda message: None)
     run = config.resolve()
+    for note in run.notes():
+        say(f"note: {note}")
     with _thread_limit(run.task.threads):
         if out is None:
             return _run(run, None, say, after_checkpoint)
