@@ -26,6 +26,7 @@ from .cli_settings import (
 )
 from .errors import DatasetError, ModeconnectError
 from .experiments.connect_run import run_connect
+from .experiments.dropout_run import add_dropout_parser, dropout_command
 from .experiments.executors import ExecutorKind, make_executor
 from .experiments.store import RunDirectory, SweepDirectory
 from .experiments.sweep import SweepConfig, parse_levels, run_sweep
@@ -89,6 +90,31 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     _add_data_dir(sweep)
     sweep.add_argument("--no-figures", action="store_true", help="write the table only")
     sweep.add_argument("--quiet", action="store_true", help="no progress lines")
+    compare = sub.add_parser(
+        "compare", help="every path method on the same endpoint pairs: one table, one figure",
+        description="For each of N pairs (seeds derived from --seed), train the endpoints once and connect them with "
+                    "every method in --methods (each with its own defaults and the task's bead training); certify "
+                    "every path; write a table (connected, sampled max, normalized length, trained points and "
+                    "parameters, wall time, energy evaluations) and the energy profiles along normalised arc "
+                    "length. Re-running the same command continues.",
+        epilog=methods_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    compare.add_argument("--methods", required=True, metavar="M1,M2,...",
+                         help="path methods, comma-separated (e.g. greedy_dss,bezier,neb); the first trains the "
+                              "endpoints")
+    compare.add_argument("--pairs", type=int, default=2, metavar="N", help="endpoint pairs (default: 2)")
+    add_run_flags(compare, DEFAULT_METHOD, skip=("method",), groups=("endpoint", "certify", "proof"),
+                  helps={"seed": "base seed; pair j's seed is derived from it"})
+    compare.add_argument("--workers", type=int, default=1, metavar="K",
+                         help="runs at once: 1 runs in this process, K > 1 a local process pool (default: 1)")
+    compare.add_argument("--executor", choices=[k.value for k in ExecutorKind], default="local",
+                         help="local (this machine) or ray (default: local)")
+    compare.add_argument("--address", metavar="ADDR", help="address of a running Ray cluster (with --executor ray)")
+    compare.add_argument("--threads", type=int, metavar="T",
+                         help="torch threads per worker (default: this machine's CPUs / workers)")
+    compare.add_argument("--out", metavar="DIR", required=True, help="comparison directory")
+    _add_data_dir(compare)
+    compare.add_argument("--no-figures", action="store_true", help="write the table only")
+    compare.add_argument("--quiet", action="store_true", help="no progress lines")
     plot = sub.add_parser("plot", help="draw the figures of a sweep or run directory",
                           description="A sweep directory gets the two-panel figure (normalized length and beads vs "
                                       "level). A run directory gets the energy profile along its path and the "
@@ -123,6 +149,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     _add_data_dir(prove)
     prove.add_argument("--quiet", action="store_true", help="no progress lines")
     prove.add_argument("--json", action="store_true", help="print the proof record as JSON")
+    add_dropout_parser(sub, _add_data_dir)
     show = sub.add_parser("show", help="print the result of a finished run or sweep directory")
     show.add_argument("dir", metavar="DIR")
     show.add_argument("--json", action="store_true", help="print the whole result as JSON")
@@ -262,6 +289,47 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def format_comparison(table: dict[str, Any]) -> str:
+    """The per-method rows of a comparison table as aligned text."""
+    energy = table.get("energy", {})
+    align = table.get("align") or "none"
+    lines = [f"comparison on {table['task']}: L0 = {_fmt(table['threshold'])} ({energy.get('metric', 'energy')}), "
+             f"{table['pairs']} pair(s), alignment {align}",
+             f"{'method':<20} {'connected':>9} {'certified':>9} {'sampled max':>12} {'norm. length':>13} "
+             f"{'trained pts':>11} {'trained params':>14} {'wall time':>10} {'energy evals':>12}"]
+    for agg in table["aggregates"]:
+        tried = agg["n_pairs"] - agg["n_endpoint_failed"]
+        lines.append(f"{agg['method']:<20} {agg['n_connected']:>4d} of {tried:<2d} {agg['n_certified']:>5d} of "
+                     f"{tried:<2d} {_fmt(agg['certified_max_energy_mean']):>12} "
+                     f"{_fmt(agg['normalized_length_mean']):>13} {_fmt(agg['trained_points_mean'], '.1f'):>11} "
+                     f"{_fmt(agg['trained_parameters_mean'], '.0f'):>14} {_fmt(agg['wall_time_s_mean'], '.1f'):>9}s "
+                     f"{_fmt(agg['method_energy_evaluations_mean'], '.0f'):>12}")
+    lines.append("(means over the pairs whose endpoints trained; normalized length over the connected ones; "
+                 "sampled max is refined sampling, not a proof)")
+    return "\n".join(lines)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .experiments.compare import CompareConfig, parse_methods, run_compare
+
+    config = CompareConfig(base=run_config_from(args), methods=parse_methods(args.methods), pairs=args.pairs,
+                           seed=getattr(args, "seed", 0))
+    progress = _Progress(args.quiet)
+    try:
+        with make_executor(args.executor, args.workers, address=args.address, threads=args.threads) as executor:
+            table = run_compare(config, args.out, executor=executor, progress=progress)
+    except KeyboardInterrupt:
+        print(f"\nmodeconnect: interrupted: finished runs and every run's last checkpoint are saved in {args.out}; "
+              "re-run the same command to continue", file=sys.stderr)
+        return 130
+    print(format_comparison(table))
+    print(f"table              {args.out}/table.csv, {args.out}/table.json")
+    if not args.no_figures:
+        for file in _draw(args.out, "png", html=False, gif=False, say=progress):
+            print(f"figure             {file}")
+    return 0
+
+
 def _draw(directory: str, fmt: str, *, html: bool, gif: bool, say) -> list[str]:
     from .figures import draw_directory  # matplotlib is optional: imported only when drawing
 
@@ -276,6 +344,12 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from .experiments.compare import CompareDirectory
+
+    if CompareDirectory.is_comparison(args.dir):
+        table = CompareDirectory.read_table(args.dir)
+        print(json.dumps(table, indent=2, sort_keys=True) if args.json else format_comparison(table))
+        return 0
     if SweepDirectory.is_sweep(args.dir):
         table = SweepDirectory.read_table(args.dir)
         print(json.dumps(table, indent=2, sort_keys=True) if args.json else format_table(table))
@@ -327,7 +401,9 @@ def _prove(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"prove": _prove, "connect": _connect, "sweep": _sweep, "plot": _plot, "show": _show, "data": _data}
+_COMMANDS = {"dropout": dropout_command,
+             "prove": _prove, "connect": _connect, "sweep": _sweep, "compare": _compare, "plot": _plot, "show": _show,
+             "data": _data}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -84,8 +84,9 @@ def _task_default_note(group: str, spec: SettingSpec) -> str | None:
 
 
 def add_run_flags(parser: argparse.ArgumentParser, method: str, *, skip: Sequence[str] = (),
-                  helps: dict[str, str] | None = None) -> None:
-    """Add the run settings and ``method``'s, endpoint training's and certification's settings as flags."""
+                  helps: dict[str, str] | None = None, groups: Sequence[str] = _GROUPS) -> None:
+    """Add the run settings and ``method``'s, endpoint training's and certification's settings as flags
+    (only the setting ``groups`` named; ``skip`` leaves out run settings)."""
     docs = field_docs(ConnectRunConfig)
     choices = {**_RUN_CHOICES, "method": tuple(METHODS)}  # read now: a method may be registered after import
     run = parser.add_argument_group("run settings")
@@ -102,9 +103,11 @@ def add_run_flags(parser: argparse.ArgumentParser, method: str, *, skip: Sequenc
                          help=docs.get("prove", ""))
     titles = {"method": f"settings of method {method}", "endpoint": "endpoint training",
               "certify": "certification (refined sampling)", "proof": "proof (sound bound, with --prove)"}
-    groups = {g: parser.add_argument_group(titles[g]) for g in _GROUPS}
+    sections = {g: parser.add_argument_group(titles[g]) for g in groups}
     for group, spec in _group_specs(method):
-        groups[group].add_argument(
+        if group not in sections:
+            continue
+        sections[group].add_argument(
             "--" + spec.flag, dest=f"{group}:{'.'.join(spec.path)}", type=_parse_value(spec),
             default=argparse.SUPPRESS, choices=spec.choices,
             metavar=None if spec.choices else spec.type.__name__.upper(),

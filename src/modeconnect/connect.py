@@ -26,6 +26,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from .batchnorm import is_buffer_key
 from .certify import Certificate, CertifyConfig, certify
 from .energy import Energy
 from .errors import ConfigError, ThresholdError
@@ -58,6 +59,23 @@ class Connection:
     proof: Any = None
     """A :class:`~modeconnect.proof.Proof` when one was asked for (``prove=True``)."""
     proof_time_s: float = 0.0
+    method_energy_evaluations: int = 0
+    """Points at which the method evaluated the energy in this session (certification not included)."""
+    trains: bool = True
+    """Whether the method trains the points it puts on the path (False: it constructs them)."""
+
+    @property
+    def trained_points(self) -> int:
+        """Points the method trained: intermediate beads plus curve control points (0 for constructions)."""
+        if not self.trains:
+            return 0
+        return self.path.n_beads + sum(len(getattr(p, "controls", ())) for p in self.path.pieces)
+
+    @property
+    def trained_parameters(self) -> int:
+        """Scalars the method trained: trained points times the parameters of one point (buffers excluded)."""
+        per_point = sum(v.numel() for k, v in self.path.beads[0].items() if not is_buffer_key(k))
+        return self.trained_points * per_point
 
     @property
     def connected(self) -> bool:
@@ -94,6 +112,9 @@ def summarize(connection: Connection) -> dict[str, Any]:
         "worst_segment": outcome.worst_segment,
         "endpoint_energies": list(connection.endpoint_energies),
         "method_time_s": outcome.elapsed_s,
+        "method_energy_evaluations": connection.method_energy_evaluations,
+        "trained_points": connection.trained_points,
+        "trained_parameters": connection.trained_parameters,
         "certification_time_s": connection.certification_time_s,
         "wall_time_s": connection.wall_time_s,
         "alignment": connection.alignment,
@@ -282,9 +303,12 @@ def connect_path(
     endpoint_energies = check_endpoints(path, energy, threshold)
     if cls.trains and objective is None:
         raise ConfigError(f"method {method!r} trains points: pass objective=Objective(inputs, targets, loss)")
+    evaluations = getattr(energy, "n_evaluations", 0)
     path, outcome = cls().run(path, energy, threshold=threshold, config=config, objective=objective, state=state,
                               checkpoint=checkpoint, progress=progress)
-    connection = Connection(path, outcome, None, method, config, threshold, endpoint_energies)
+    connection = Connection(path, outcome, None, method, config, threshold, endpoint_energies,
+                            method_energy_evaluations=getattr(energy, "n_evaluations", 0) - evaluations,
+                            trains=cls.trains)
     if not certify_path:
         return connection
     certification = certification or CertifyConfig()

@@ -16,8 +16,9 @@ from pathlib import Path as FsPath
 
 from ._io import read_json, write_json
 from .errors import StoreError
+from .experiments.compare import CompareDirectory, read_profiles
 from .experiments.connect_run import ConnectRunConfig
-from .experiments.store import CONFIG, FIGURES_DIR, PATH_DIR, PICTURE, RESULT, SweepDirectory
+from .experiments.store import CONFIG, FIGURES_DIR, PATH_DIR, PICTURE, RESULT, TABLE_JSON, SweepDirectory
 from .path import PATH_JSON, Path
 from .picture import string_picture
 
@@ -68,6 +69,9 @@ def draw_directory(directory: str | FsPath, *, fmt: str = "png", html: bool = Tr
         figure.savefig(file, dpi=150, bbox_inches="tight")
         written.append(str(file))
 
+    if CompareDirectory.is_comparison(root):
+        save(plots.compare_figure(read_json(root / TABLE_JSON), read_profiles(root)), "profiles")
+        return written
     if SweepDirectory.is_sweep(root):
         save(plots.sweep_figure(SweepDirectory.read_table(root)), "sweep")
         return written

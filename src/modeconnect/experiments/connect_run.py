@@ -42,8 +42,11 @@ __all__ = ["ConnectRunConfig", "ResolvedRun", "EndpointTrainingError", "run_conn
            "TASK_OPTIONS"]
 
 TIMING_FIELDS = frozenset({"wall_time_s", "certification_time_s", "method_time_s", "endpoint_time_s",
-                           "bead_training_time_s", "segment_evaluation_time_s", "proof_time_s"})
-"""Result fields that measure time: everything else in a result is a pure function of the config."""
+                           "bead_training_time_s", "segment_evaluation_time_s", "proof_time_s",
+                           "method_energy_evaluations"})
+"""Result fields that measure time or the last session's work (``method_energy_evaluations`` counts the
+energy evaluations of the session that finished the run): everything else in a result is a pure function
+of the config."""
 
 TASK_OPTIONS = ("activation", "data_seed", "n_eval", "n_train", "batchnorm")
 """Run settings handed to the task's factory."""
@@ -187,19 +190,26 @@ def run_connect(
     *,
     progress: Callable[[str], None] | None = None,
     after_checkpoint: Callable[[Path, Any], None] | None = None,
+    endpoints_from: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume, or read back) a connect experiment; returns the result record.
 
     ``after_checkpoint`` is called after each saved checkpoint (used by tests to simulate interruption).
+    ``endpoints_from``: a run directory (of the same task, threshold, seed and endpoint training) whose saved
+    endpoints this run adopts instead of training its own (``modeconnect compare`` shares a pair's endpoints
+    between methods this way); its files are checked against their recorded SHA-256.
     """
     say = progress or (lambda message: None)
     run = config.resolve()
     for note in run.notes():
         say(f"note: {note}")
     with _thread_limit(run.task.threads):
+        if endpoints_from is not None and out is None:
+            raise ConfigError("endpoints_from adopts saved endpoints into a run directory: give out as well")
         if out is None:
             return _run(run, None, say, after_checkpoint)
-        return _run_in(RunDirectory(out), run, say, after_checkpoint)
+        source = RunDirectory(endpoints_from) if endpoints_from is not None else None
+        return _run_in(RunDirectory(out), run, say, after_checkpoint, source)
 
 
 @contextlib.contextmanager
@@ -215,7 +225,8 @@ def _thread_limit(threads: int | None):
 
 
 def _run_in(store: RunDirectory, run: ResolvedRun, say: Callable[[str], None],
-            after_checkpoint: Callable[[Path, Any], None] | None) -> dict[str, Any]:
+            after_checkpoint: Callable[[Path, Any], None] | None,
+            source: RunDirectory | None = None) -> dict[str, Any]:
     out = store.root
     with store.lock():
         resumed = store.open(run.record(), run.config.seed)
@@ -229,11 +240,28 @@ def _run_in(store: RunDirectory, run: ResolvedRun, say: Callable[[str], None],
         if resumed:
             say(f"resuming the run in {out}")
         try:
+            if source is not None:
+                _adopt_endpoints(store, source, run, say)
             return _run(run, store, say, after_checkpoint)
         except EndpointTrainingError as exc:
             store.save_failure({"status": "endpoint_failed", "message": str(exc), "task": run.task.name,
                                 "seed": run.config.seed, "threshold": run.threshold})
             raise
+
+
+def _adopt_endpoints(store: RunDirectory, source: RunDirectory, run: ResolvedRun, say: Callable[[str], None]) -> None:
+    """Copy the endpoints saved in ``source`` into ``store`` (those it does not hold yet)."""
+    for which in ("a", "b"):
+        if store.endpoint(which, run.task.energy.template) is not None:
+            continue
+        point = source.endpoint(which, run.task.energy.template)
+        if point is None:
+            failed = source.failure()
+            if failed is not None:
+                raise EndpointTrainingError(f"{failed['message']} (recorded in {source.root})")
+            raise ConfigError(f"{source.root} holds no saved endpoint {which.upper()} to adopt; run it first")
+        store.save_endpoint(which, point)
+        say(f"endpoint {which.upper()}: adopted from {source.root}")
 
 
 def _endpoints(run: ResolvedRun, store: RunDirectory | None, say: Callable[[str], None]) -> dict[str, Point]:

@@ -11,7 +11,10 @@ from __future__ import annotations
 from ..errors import ConfigError
 from .base import Checkpoint, Outcome, PathMethod, Progress
 from .constrained_dss import ConstrainedDSS
+from .curves import BezierCurve, PolyChain
 from .greedy_dss import DSSConfig, DSSState, GreedyDSS, Order, Reason, SegmentRecord, TStar, choose_tstar, greedy_dss
+from .kuditipudi_dropout import KuditipudiDropout
+from .neb import NEB
 from .string_evolution import StringEvolution
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "get_method", "register", "PathMethod", "Outcome", "Checkpoint", "Progress",
@@ -20,8 +23,12 @@ __all__ = ["METHODS", "DEFAULT_METHOD", "get_method", "register", "PathMethod", 
 
 METHODS: dict[str, type] = {
     GreedyDSS.name: GreedyDSS,
+    KuditipudiDropout.name: KuditipudiDropout,
     ConstrainedDSS.name: ConstrainedDSS,
     StringEvolution.name: StringEvolution,
+    BezierCurve.name: BezierCurve,
+    PolyChain.name: PolyChain,
+    NEB.name: NEB,
 }
 """Every registered path method, by name."""
 

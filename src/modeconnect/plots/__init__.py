@@ -6,9 +6,10 @@ matplotlib (and plotly, for :func:`save_string_html`) are optional: ``pip instal
 
 from __future__ import annotations
 
+from .compare import compare_figure
 from .profile import profile_figure
 from .string import save_string_animation, save_string_html, snapshots_figure, string_figure
 from .sweep import sweep_figure
 
-__all__ = ["sweep_figure", "profile_figure", "string_figure", "snapshots_figure", "save_string_animation",
-           "save_string_html"]
+__all__ = ["sweep_figure", "compare_figure", "profile_figure", "string_figure", "snapshots_figure",
+           "save_string_animation", "save_string_html"]
