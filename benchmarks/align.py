@@ -5,6 +5,7 @@ Run from the repository root:
     .venv/bin/python benchmarks/align.py                 # 3 cubic MLP pairs, then 2 MNIST convnet pairs (~1.5 min)
     .venv/bin/python benchmarks/align.py --skip-mnist    # cubic only (~20 s)
     .venv/bin/python benchmarks/align.py --pairs 5       # more cubic pairs
+    .venv/bin/python benchmarks/align.py --skip-cubic --mnist-task mnist-mlp   # the 784-512-512-512-10 MLP
 
 For each pair of endpoints (trained from different seeds with ``train_to_target``, exactly as
 ``modeconnect connect`` trains them: to ``endpoint_fraction * threshold`` with the task's endpoint training)
@@ -98,14 +99,18 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3, help="cubic endpoint pairs (default 3)")
     parser.add_argument("--mnist-pairs", type=int, default=2, help="MNIST endpoint pairs (default 2)")
     parser.add_argument("--skip-mnist", action="store_true")
+    parser.add_argument("--skip-cubic", action="store_true")
+    parser.add_argument("--mnist-task", default="mnist", choices=["mnist", "mnist-mlp"],
+                        help="the MNIST convnet (default) or the 784-512-512-512-10 MLP")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the models are small)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), load average {os.getloadavg()[0]:.2f}")
-    run_task(make_task("cubic"), args.pairs, 256)
+    if not args.skip_cubic:
+        run_task(make_task("cubic"), args.pairs, 256)
     if not args.skip_mnist:
         os.environ.setdefault("MODECONNECT_DATA", "/work/shared/data")
-        run_task(make_task("mnist"), args.mnist_pairs, 256)
+        run_task(make_task(args.mnist_task), args.mnist_pairs, 256)
 
 
 if __name__ == "__main__":

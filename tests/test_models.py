@@ -103,3 +103,14 @@ def test_vmap_equals_loop_in_float64(name):
     ts = torch.linspace(0, 1, 5)
     values = {s: Energy(build(), x, y, metric, strategy=s).along_segment(a, b, ts) for s in ("loop", "vmap")}
     torch.testing.assert_close(values["vmap"], values["loop"], rtol=1e-10, atol=0)
+
+
+def test_image_mlp_has_the_alignment_literatures_shape_and_refuses_bad_sizes():
+    from modeconnect.models import image_mlp
+
+    model = image_mlp()
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(784, 512), (512, 512), (512, 512), (512, 10)]
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    with pytest.raises(ConfigError, match="width=0"):
+        image_mlp(width=0)

@@ -31,13 +31,15 @@ def mean_ce(task, point, n=256):
 
 
 def test_tasks_are_registered():
-    assert {"mnist", "mnist-kuditipudi", "cifar10", "ptb"} <= set(TASKS)
+    assert {"mnist", "mnist-kuditipudi", "mnist-mlp", "cifar10", "ptb"} <= set(TASKS)
 
 
 @needs["mnist"]
 @pytest.mark.parametrize("name, options", [("mnist", TINY_MNIST),
                                            ("mnist-kuditipudi", {"data_dir": DATA, "width": 4, "n_eval": 200,
-                                                                 "n_train": 2000})])
+                                                                 "n_train": 2000}),
+                                           ("mnist-mlp", {"data_dir": DATA, "width": 16, "depth": 2, "n_eval": 200,
+                                                          "n_train": 2000})])
 def test_mnist_tasks_untrained_near_chance_and_training_lowers_the_loss(name, options):
     task = make_task(name, **options)
     assert task.energy.n_samples == 200 and len(task.objective.inputs) == 2000

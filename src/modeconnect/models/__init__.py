@@ -8,5 +8,7 @@ from __future__ import annotations
 
 from .convnets import cifar_convnet, kuditipudi_convnet, mnist_convnet
 from .lstm import LSTM, LSTMLanguageModel, init_uniform_
+from .mlp import image_mlp
 
-__all__ = ["mnist_convnet", "cifar_convnet", "kuditipudi_convnet", "LSTM", "LSTMLanguageModel", "init_uniform_"]
+__all__ = ["mnist_convnet", "cifar_convnet", "kuditipudi_convnet", "image_mlp", "LSTM", "LSTMLanguageModel",
+           "init_uniform_"]

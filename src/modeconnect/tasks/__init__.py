@@ -8,12 +8,12 @@ from ..errors import ConfigError
 from .base import Task
 from .cifar import cifar10_task
 from .controls import convex_task, permutation_task
-from .mnist import mnist_kuditipudi_task, mnist_task
+from .mnist import mnist_kuditipudi_task, mnist_mlp_task, mnist_task
 from .polynomial import polynomial_task
 from .ptb import ptb_task
 
 __all__ = ["Task", "TASKS", "make_task", "polynomial_task", "convex_task", "permutation_task", "mnist_task",
-           "mnist_kuditipudi_task", "cifar10_task", "ptb_task"]
+           "mnist_kuditipudi_task", "mnist_mlp_task", "cifar10_task", "ptb_task"]
 
 TASKS: dict[str, Callable[..., Task]] = {
     "quadratic": lambda **kw: polynomial_task("quadratic", **kw),
@@ -22,6 +22,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "permutation": permutation_task,
     "mnist": mnist_task,
     "mnist-kuditipudi": mnist_kuditipudi_task,
+    "mnist-mlp": mnist_mlp_task,
     "cifar10": cifar10_task,
     "ptb": ptb_task,
 }

@@ -1,4 +1,5 @@
-"""MNIST tasks: Freeman & Bruna's convnet (``"mnist"``) and Kuditipudi et al.'s (``"mnist-kuditipudi"``).
+"""MNIST tasks: Freeman & Bruna's convnet (``"mnist"``), Kuditipudi et al.'s (``"mnist-kuditipudi"``) and the
+alignment literature's 784-512-512-512-10 MLP (``"mnist-mlp"``).
 
 The energy is the test error in percent on a fixed restricted test set (the first ``n_eval`` test
 images by default, as the papers report "a restricted test set"); training minimises the
@@ -16,16 +17,16 @@ import functools
 import os
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..energy import Energy
-from ..models import kuditipudi_convnet, mnist_convnet
+from ..models import image_mlp, kuditipudi_convnet, mnist_convnet
 from ..train import Objective, TrainConfig
 from ._init import build_without_global_rng, seeded
 from ._subsets import select
 from .base import Task
 
-__all__ = ["mnist_task", "mnist_kuditipudi_task", "load_mnist_tensors", "MNIST_MEAN", "MNIST_STD"]
+__all__ = ["mnist_task", "mnist_kuditipudi_task", "mnist_mlp_task", "load_mnist_tensors", "MNIST_MEAN", "MNIST_STD"]
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 """Mean and standard deviation of the MNIST training pixels after scaling to [0, 1]."""
@@ -92,39 +93,47 @@ def _image_task(name: str, description: str, build, data: dict, *, threshold: fl
     )
 
 
+_ENDPOINT_TRAINING = TrainConfig(optimizer="adam", lr=2e-3, batch_size=64, check_every=100, max_steps=4000)
+
+
+def _mnist(name: str, model: str, build, options: dict, *, data_dir, n_eval, n_train, selection, data_seed,
+           endpoint: TrainConfig = _ENDPOINT_TRAINING) -> Task:
+    """An MNIST task around ``build``: the shared data, energy (test error %), threshold 3% and training."""
+    data = load_mnist_tensors(data_dir, n_train=n_train, n_eval=n_eval, selection=selection, data_seed=data_seed)
+    return _image_task(
+        name, f"MNIST, {model}, energy = test error % ({data['eval_selection']} test images), trained with "
+        f"cross-entropy on {data['train_selection']}",
+        build, data, threshold=3.0, strategy="loop", endpoint=endpoint, bead=MNIST_BEAD_TRAINING,
+        options={**options, "n_eval": n_eval, "n_train": n_train, "selection": selection, "data_seed": data_seed,
+                 "normalization": [MNIST_MEAN, MNIST_STD]})
+
+
 def mnist_task(*, data_dir: str | os.PathLike | None = None, conv1: int = 8, conv2: int = 16, fc: int = 64,
                n_eval: int | None = 500, n_train: int | None = 10000, selection: str = "first",
                data_seed: int = 0) -> Task:
     """Freeman & Bruna's MNIST convnet (:func:`~modeconnect.models.mnist_convnet`); energy = test error %."""
-
-    def build() -> nn.Module:
-        return mnist_convnet(conv1, conv2, fc)
-
-    data = load_mnist_tensors(data_dir, n_train=n_train, n_eval=n_eval, selection=selection, data_seed=data_seed)
-    return _image_task(
-        "mnist", f"MNIST, convnet conv5x5 {conv1} / conv5x5 {conv2} / fc {fc}, energy = test error % "
-        f"({data['eval_selection']} test images), trained with cross-entropy on {data['train_selection']}",
-        build, data, threshold=3.0, strategy="loop",
-        endpoint=TrainConfig(optimizer="adam", lr=2e-3, batch_size=64, check_every=100, max_steps=4000),
-        bead=MNIST_BEAD_TRAINING,
-        options={"conv1": conv1, "conv2": conv2, "fc": fc, "n_eval": n_eval, "n_train": n_train,
-                 "selection": selection, "data_seed": data_seed, "normalization": [MNIST_MEAN, MNIST_STD]})
+    return _mnist("mnist", f"convnet conv5x5 {conv1} / conv5x5 {conv2} / fc {fc}",
+                  lambda: mnist_convnet(conv1, conv2, fc), {"conv1": conv1, "conv2": conv2, "fc": fc},
+                  data_dir=data_dir, n_eval=n_eval, n_train=n_train, selection=selection, data_seed=data_seed)
 
 
 def mnist_kuditipudi_task(*, data_dir: str | os.PathLike | None = None, width: int = 16, n_layers: int = 3,
                           n_eval: int | None = 500, n_train: int | None = 10000, selection: str = "first",
                           data_seed: int = 0) -> Task:
     """Kuditipudi et al.'s bias-free MNIST convnet (:func:`~modeconnect.models.kuditipudi_convnet`)."""
+    return _mnist("mnist-kuditipudi", f"Kuditipudi convnet {n_layers} x conv3x3 {width} (no biases)",
+                  lambda: kuditipudi_convnet(width, n_layers), {"width": width, "n_layers": n_layers},
+                  data_dir=data_dir, n_eval=n_eval, n_train=n_train, selection=selection, data_seed=data_seed)
 
-    def build() -> nn.Module:
-        return kuditipudi_convnet(width, n_layers)
 
-    data = load_mnist_tensors(data_dir, n_train=n_train, n_eval=n_eval, selection=selection, data_seed=data_seed)
-    return _image_task(
-        "mnist-kuditipudi", f"MNIST, Kuditipudi convnet {n_layers} x conv3x3 {width} (no biases), energy = test "
-        f"error % ({data['eval_selection']} test images), trained with cross-entropy on {data['train_selection']}",
-        build, data, threshold=3.0, strategy="loop",
-        endpoint=TrainConfig(optimizer="adam", lr=2e-3, batch_size=64, check_every=100, max_steps=4000),
-        bead=MNIST_BEAD_TRAINING,
-        options={"width": width, "n_layers": n_layers, "n_eval": n_eval, "n_train": n_train,
-                 "selection": selection, "data_seed": data_seed, "normalization": [MNIST_MEAN, MNIST_STD]})
+def mnist_mlp_task(*, data_dir: str | os.PathLike | None = None, width: int = 512, depth: int = 3,
+                   n_eval: int | None = 500, n_train: int | None = 10000, selection: str = "first",
+                   data_seed: int = 0) -> Task:
+    """The 784-512-512-512-10 ReLU MLP of Git Re-Basin and REPAIR (:func:`~modeconnect.models.image_mlp`).
+
+    Endpoints are trained with Adam at lr 1e-3 (2e-3 made the wide layers' first steps overshoot)."""
+    sizes = "-".join(["784", *[str(width)] * depth, "10"])
+    return _mnist("mnist-mlp", f"ReLU MLP {sizes}", lambda: image_mlp(784, width, depth, 10),
+                  {"width": width, "depth": depth}, data_dir=data_dir, n_eval=n_eval, n_train=n_train,
+                  selection=selection, data_seed=data_seed,
+                  endpoint=TrainConfig(optimizer="adam", lr=1e-3, batch_size=64, check_every=100, max_steps=4000))
