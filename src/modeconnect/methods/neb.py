@@ -113,8 +113,9 @@ class NEBConfig:
     """Step size: SGD moves an image by lr times its force (plus momentum)."""
     momentum: float = 0.9
     """SGD momentum (ignored by adam and rmsprop)."""
-    batch_size: int | None = None
-    """Training samples per NEB step (the objective's minibatch); None: the whole training set."""
+    batch_size: int | None = 256
+    """Training samples per NEB step (the objective's minibatch); None: the whole training set. 256 is the
+    whole set of the polynomial tasks and keeps a step on MNIST (10,000 training images) cheap."""
     steps_per_cycle: int = 500
     """NEB steps between AutoNEB evaluations."""
     max_cycles: int = 10
