@@ -23,12 +23,12 @@ __all__ = ["METHODS", "DEFAULT_METHOD", "get_method", "register", "PathMethod", 
 
 METHODS: dict[str, type] = {
     GreedyDSS.name: GreedyDSS,
-    KuditipudiDropout.name: KuditipudiDropout,
     ConstrainedDSS.name: ConstrainedDSS,
     StringEvolution.name: StringEvolution,
     BezierCurve.name: BezierCurve,
     PolyChain.name: PolyChain,
     NEB.name: NEB,
+    KuditipudiDropout.name: KuditipudiDropout,
 }
 """Every registered path method, by name."""
 

@@ -54,7 +54,7 @@ from ..train import Minibatches, Objective, Optimizer, TrainConfig, make_optimiz
 from .base import Checkpoint, Outcome, Progress
 from .constrained_dss import as_enum
 from .greedy_dss import MAX_GRID_SIZE, TStar, choose_tstar
-from .string_evolution import Batching
+from .string_training import Batching
 
 __all__ = ["Tangent", "NEBReason", "NEBConfig", "NEBState", "NEB", "Band", "neb_force", "tangents",
            "band_gradients", "choose_pivots"]
