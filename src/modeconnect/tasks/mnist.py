@@ -97,13 +97,13 @@ _ENDPOINT_TRAINING = TrainConfig(optimizer="adam", lr=2e-3, batch_size=64, check
 
 
 def _mnist(name: str, model: str, build, options: dict, *, data_dir, n_eval, n_train, selection, data_seed,
-           endpoint: TrainConfig = _ENDPOINT_TRAINING) -> Task:
-    """An MNIST task around ``build``: the shared data, energy (test error %), threshold 3% and training."""
+           endpoint: TrainConfig = _ENDPOINT_TRAINING, threshold: float = 3.0) -> Task:
+    """An MNIST task around ``build``: the shared data, energy (test error %), default level and training."""
     data = load_mnist_tensors(data_dir, n_train=n_train, n_eval=n_eval, selection=selection, data_seed=data_seed)
     return _image_task(
         name, f"MNIST, {model}, energy = test error % ({data['eval_selection']} test images), trained with "
         f"cross-entropy on {data['train_selection']}",
-        build, data, threshold=3.0, strategy="loop", endpoint=endpoint, bead=MNIST_BEAD_TRAINING,
+        build, data, threshold=threshold, strategy="loop", endpoint=endpoint, bead=MNIST_BEAD_TRAINING,
         options={**options, "n_eval": n_eval, "n_train": n_train, "selection": selection, "data_seed": data_seed,
                  "normalization": [MNIST_MEAN, MNIST_STD]})
 
@@ -131,9 +131,11 @@ def mnist_mlp_task(*, data_dir: str | os.PathLike | None = None, width: int = 51
                    data_seed: int = 0) -> Task:
     """The 784-512-512-512-10 ReLU MLP of Git Re-Basin and REPAIR (:func:`~modeconnect.models.image_mlp`).
 
-    Endpoints are trained with Adam at lr 1e-3 (2e-3 made the wide layers' first steps overshoot)."""
+    Endpoints are trained with Adam at lr 1e-3, batch 128. The default level is 4%: on the 10,000 training
+    images the MLP's test error reaches 3.0% after 500 steps and then wanders between 3.0% and 4.4% (the
+    convnets' 3% would leave the endpoints, trained to 0.9 x L0 = 2.7%, to chance)."""
     sizes = "-".join(["784", *[str(width)] * depth, "10"])
     return _mnist("mnist-mlp", f"ReLU MLP {sizes}", lambda: image_mlp(784, width, depth, 10),
                   {"width": width, "depth": depth}, data_dir=data_dir, n_eval=n_eval, n_train=n_train,
-                  selection=selection, data_seed=data_seed,
-                  endpoint=TrainConfig(optimizer="adam", lr=1e-3, batch_size=64, check_every=100, max_steps=4000))
+                  selection=selection, data_seed=data_seed, threshold=4.0,
+                  endpoint=TrainConfig(optimizer="adam", lr=1e-3, batch_size=128, check_every=50, max_steps=4000))
