@@ -28,6 +28,7 @@ from .errors import DatasetError, ModeconnectError
 from .experiments.connect_run import run_connect
 from .experiments.dropout_run import add_dropout_parser, dropout_command
 from .experiments.executors import ExecutorKind, make_executor
+from .experiments.noise_run import add_noise_parser, noise_command
 from .experiments.store import RunDirectory, SweepDirectory
 from .experiments.sweep import SweepConfig, parse_levels, run_sweep
 
@@ -150,6 +151,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     prove.add_argument("--quiet", action="store_true", help="no progress lines")
     prove.add_argument("--json", action="store_true", help="print the proof record as JSON")
     add_dropout_parser(sub, _add_data_dir)
+    add_noise_parser(sub, _add_data_dir)
     show = sub.add_parser("show", help="print the result of a finished run or sweep directory")
     show.add_argument("dir", metavar="DIR")
     show.add_argument("--json", action="store_true", help="print the whole result as JSON")
@@ -401,7 +403,7 @@ def _prove(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"dropout": dropout_command,
+_COMMANDS = {"dropout": dropout_command, "noise-stability": noise_command,
              "prove": _prove, "connect": _connect, "sweep": _sweep, "compare": _compare, "plot": _plot, "show": _show,
              "data": _data}
 

@@ -186,3 +186,30 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def add_endpoint_source_flags(parser: argparse.ArgumentParser, *, seed_help: str, threshold_help: str) -> None:
+    """Flags of commands that measure one endpoint of a task (``dropout``, ``noise-stability``): the task and
+    its options, the run seed and level, which endpoint, ``--from-run`` and the endpoint training group."""
+    parser.add_argument("--task", choices=tuple(TASKS), default="mnist-kuditipudi",
+                        help="the task (default: mnist-kuditipudi)")
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+    parser.add_argument("--threshold", type=float, default=None, help=threshold_help)
+    parser.add_argument("--endpoint", choices=("a", "b"), default="a", help="which endpoint (default: a)")
+    parser.add_argument("--from-run", metavar="DIR", help="take the endpoint from this connect run directory")
+    for name, kind in (("data-seed", int), ("n-eval", int), ("n-train", int), ("activation", str)):
+        parser.add_argument(f"--{name}", type=kind, default=None, help="as for connect")
+    group = parser.add_argument_group("endpoint training")
+    for spec in setting_specs(TrainConfig, "endpoint-"):
+        group.add_argument("--" + spec.flag, dest=f"endpoint:{'.'.join(spec.path)}", type=_parse_value(spec),
+                           default=argparse.SUPPRESS, choices=spec.choices,
+                           metavar=None if spec.choices else spec.type.__name__.upper(),
+                           help=_help(spec, "the task's own"))
+
+
+def endpoint_source_from(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(endpoint training overrides, task options)`` given by :func:`add_endpoint_source_flags`' flags."""
+    training = {dest.partition(":")[2]: v for dest, v in vars(args).items() if dest.startswith("endpoint:")}
+    options = {k: getattr(args, k) for k in ("data_seed", "n_eval", "n_train", "activation")
+               if getattr(args, k, None) is not None}
+    return training, options

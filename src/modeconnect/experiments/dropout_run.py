@@ -18,46 +18,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path as FsPath
 from typing import Any
 
-from .._io import read_json, read_tensors, write_json, write_tensors
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError
 from ..kuditipudi.dropout import DropoutConfig, dropout_stability, save_dropout
 from ..kuditipudi.units import hidden_units
-from ..params import check_compatible
-from ..seeding import derive_seed
-from ..tasks import TASKS
-from ..train import TrainConfig
-from .connect_run import ConnectRunConfig, _thread_limit, _train_endpoint
-from .store import RunDirectory
+from .connect_run import ConnectRunConfig, _thread_limit
+from .endpoint_store import single_endpoint
 
 __all__ = ["run_dropout", "add_dropout_parser", "dropout_command"]
 
-ENDPOINT_FILE, ENDPOINT_JSON = "endpoint.safetensors", "endpoint.json"
-
-
-def _endpoint(run, which: str, out: FsPath | None, from_run: str | None, say: Callable[[str], None]):
-    task, seed = run.task, run.config.seed
-    identity = {"task": task.describe(), "seed": seed, "endpoint": which, "threshold": run.threshold,
-                "endpoint_training": run.endpoint_training.to_dict(), "from_run": from_run}
-    if from_run is not None:
-        point = RunDirectory(from_run).endpoint(which, task.energy.template)
-        if point is None:
-            raise StoreError(f"{from_run} holds no endpoint {which.upper()}; run `modeconnect connect` there first")
-        say(f"endpoint {which.upper()} loaded from {from_run}")
-        return point
-    if out is not None and (out / ENDPOINT_JSON).exists():
-        saved = read_json(out / ENDPOINT_JSON)
-        if isinstance(saved, dict) and saved.get("identity") == json.loads(json.dumps(identity)):
-            point = read_tensors(out / ENDPOINT_FILE, sha256=saved.get("sha256"))
-            check_compatible(task.energy.template, point, "the task's model", str(out / ENDPOINT_FILE))
-            say(f"endpoint {which.upper()} loaded from {out / ENDPOINT_FILE}")
-            return {k: point[k] for k in task.energy.template}
-        raise ConfigError(f"{out} holds an endpoint of other settings ({out / ENDPOINT_JSON}); use another --out")
-    point = _train_endpoint(task, which, derive_seed(seed, "endpoint", which), task.endpoint_fraction * run.threshold,
-                            run.endpoint_training, say)
-    if out is not None:
-        digest = write_tensors(out / ENDPOINT_FILE, point)
-        write_json(out / ENDPOINT_JSON, {"identity": identity, "sha256": digest})
-    return point
 
 
 def run_dropout(task: str, *, p: float = 0.5, masks: int = 20, out: str | None = None, threshold: float | None = None,
@@ -78,7 +46,7 @@ def run_dropout(task: str, *, p: float = 0.5, masks: int = 20, out: str | None =
     clock = time.perf_counter()
     with _thread_limit(run.task.threads):
         spec = hidden_units(run.task.energy.model)
-        point = _endpoint(run, endpoint, directory, from_run, say)
+        point = single_endpoint(run, endpoint, directory, from_run, say)
         sampled, report = dropout_stability(point, run.task.energy, spec, config, progress=say)
     best = report.best_mask
     record = {"task": run.task.name, "seed": seed, "endpoint": endpoint, "threshold": run.threshold,
@@ -95,8 +63,7 @@ def run_dropout(task: str, *, p: float = 0.5, masks: int = 20, out: str | None =
 # -- command line -----------------------------------------------------------------------------
 def add_dropout_parser(sub, add_data_dir: Callable[[argparse.ArgumentParser], None]) -> argparse.ArgumentParser:
     """Add the ``dropout`` subcommand to ``sub`` (the CLI's subparsers)."""
-    from ..cli_settings import _help, _parse_value
-    from ..settings import setting_specs
+    from ..cli_settings import add_endpoint_source_flags
 
     parser = sub.add_parser(
         "dropout", help="dropout stability of a trained endpoint (Kuditipudi et al. 2019, Definition 1)",
@@ -105,26 +72,13 @@ def add_dropout_parser(sub, add_data_dir: Callable[[argparse.ArgumentParser], No
                     "for convolutions), rescale the kept ones by r and report the energies of theta_1 .. theta_{d-1} "
                     "(dropout from layer i on): best mask, min / median / max and every value. Writes "
                     "DIR/masks.safetensors and DIR/dropout.json.")
-    parser.add_argument("--task", choices=tuple(TASKS), default="mnist-kuditipudi",
-                        help="the task (default: mnist-kuditipudi)")
+    add_endpoint_source_flags(parser, seed_help="run seed, as for connect (default: 0)",
+                              threshold_help="energy level L0: endpoints are trained to the task's fraction of it, "
+                                             "and stability is judged against it (default: the task's own)")
     parser.add_argument("--p", type=float, default=0.5, help="drop fraction (default: 0.5)")
     parser.add_argument("--masks", type=int, default=20, help="masks sampled (default: 20)")
     parser.add_argument("--rescale", type=float, default=None, help="factor r on kept units (default: 1 / (1 - p))")
     parser.add_argument("--mask-seed", type=int, default=0, help="seed of the masks (default: 0)")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="energy level L0: endpoints are trained to the task's fraction of it, and stability "
-                             "is judged against it (default: the task's own)")
-    parser.add_argument("--seed", type=int, default=0, help="run seed, as for connect (default: 0)")
-    parser.add_argument("--endpoint", choices=("a", "b"), default="a", help="which endpoint (default: a)")
-    parser.add_argument("--from-run", metavar="DIR", help="take the endpoint from this connect run directory")
-    for name, kind in (("data-seed", int), ("n-eval", int), ("n-train", int), ("activation", str)):
-        parser.add_argument(f"--{name}", type=kind, default=None, help="as for connect")
-    group = parser.add_argument_group("endpoint training")
-    for spec in setting_specs(TrainConfig, "endpoint-"):
-        group.add_argument("--" + spec.flag, dest=f"endpoint:{'.'.join(spec.path)}", type=_parse_value(spec),
-                           default=argparse.SUPPRESS, choices=spec.choices,
-                           metavar=None if spec.choices else spec.type.__name__.upper(),
-                           help=_help(spec, "the task's own"))
     parser.add_argument("--out", metavar="DIR", required=True, help="where masks, numbers and the endpoint go")
     add_data_dir(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -140,9 +94,9 @@ def dropout_command(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"[{time.perf_counter() - start:7.1f}s] {message}", file=sys.stderr, flush=True)
 
-    training = {dest.partition(":")[2]: v for dest, v in vars(args).items() if dest.startswith("endpoint:")}
-    options = {k: getattr(args, k) for k in ("data_seed", "n_eval", "n_train", "activation")
-               if getattr(args, k) is not None}
+    from ..cli_settings import endpoint_source_from
+
+    training, options = endpoint_source_from(args)
     record = run_dropout(args.task, p=args.p, masks=args.masks, out=args.out, threshold=args.threshold,
                          seed=args.seed, endpoint=args.endpoint, rescale=args.rescale, mask_seed=args.mask_seed,
                          from_run=args.from_run, endpoint_training=training, task_options=options, progress=say)
