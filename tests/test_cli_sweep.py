@@ -126,8 +126,11 @@ def _state(pid: int) -> str:
 
 def test_ctrl_c_on_a_sweep_says_how_to_continue(tmp_path):
     out = tmp_path / "interrupted"
+    # a shell that starts the tests in the background leaves SIGINT ignored, and Python keeps it ignored: restore
+    # the default in the child so that Ctrl-C reaches main() as it does in a terminal
     proc = subprocess.Popen([sys.executable, "-m", "modeconnect", *SWEEP, "--levels", "0.01,0.005",
-                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (out / "sweep.json").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
