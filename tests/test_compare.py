@@ -134,3 +134,23 @@ def test_energy_profile_is_exact_on_a_straight_path_and_close_to_quadrature_on_a
     assert math.isclose(dense["length"], curve.length, rel_tol=1e-4)
     with pytest.raises(ConfigError, match="points_per_piece must be >= 2"):
         energy_profile(curve, _Quadratic(), points_per_piece=1)
+
+
+def test_per_method_settings_parse_reach_only_their_method_and_are_validated():
+    from modeconnect.experiments.compare import parse_settings
+
+    settings = parse_settings(["neb.max_time_s=600", "bezier.steps=5", "greedy_dss.bead_training.lr=0.01",
+                               "neb.tangent=simple"])
+    assert settings == {"neb": {"max_time_s": 600, "tangent": "simple"}, "bezier": {"steps": 5},
+                        "greedy_dss": {"bead_training": {"lr": 0.01}}}
+    with pytest.raises(ConfigError, match="METHOD.NAME=VALUE"):
+        parse_settings(["max_time_s=600"])
+    config = CompareConfig(base=ConnectRunConfig(task="cubic"), methods=("greedy_dss", "neb"),
+                           settings={"neb": {"max_time_s": 600}})
+    assert config.unit("neb", 0).resolve().method_config.max_time_s == 600
+    assert config.unit("greedy_dss", 0).method_settings == {}
+    with pytest.raises(ConfigError, match="which --methods does not name"):
+        CompareConfig(base=ConnectRunConfig(task="cubic"), methods=("greedy_dss",), settings={"neb": {"lr": 1}})
+    bad = CompareConfig(base=ConnectRunConfig(task="cubic"), methods=("neb",), settings={"neb": {"spring": -1}})
+    with pytest.raises(ConfigError, match="spring"):
+        bad.unit("neb", 0).resolve()

@@ -171,3 +171,17 @@ def test_the_permutation_pair_fails_with_a_persistent_barrier():
     last = result["round_log"][-1]
     assert last["level"] > result["threshold"]  # reported before the level reached L0: early
     assert last["trained"] > 0 and last["reached"] < last["trained"]
+
+
+def test_auto_batching_follows_an_energy_that_pins_the_loop(pair):
+    from modeconnect import Energy
+    from modeconnect.methods.string_training import prefers_loop
+
+    (a, b), energy, objective = pair
+    pinned = Energy(energy.model, energy.inputs, energy.targets, "mse", strategy="loop")
+    assert prefers_loop(pinned) and not prefers_loop(energy)
+    beads = [interpolate(a, b, t) for t in (0.25, 0.5, 0.75)]
+    config = TrainConfig(lr=0.01, max_steps=1)
+    _, _, used = train_string(beads, energy=pinned, objective=objective, target=0.0, config=config, seed=0)
+    _, _, used_free = train_string(beads, energy=energy, objective=objective, target=0.0, config=config, seed=0)
+    assert used is Batching.LOOP and used_free is Batching.VMAP

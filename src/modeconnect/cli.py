@@ -103,6 +103,9 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
                          help="path methods, comma-separated (e.g. greedy_dss,bezier,neb); the first trains the "
                               "endpoints")
     compare.add_argument("--pairs", type=int, default=2, metavar="N", help="endpoint pairs (default: 2)")
+    compare.add_argument("--setting", action="append", default=[], metavar="METHOD.NAME=VALUE",
+                         help="a setting of one method (repeatable), e.g. neb.max_time_s=600 or bezier.steps=500; "
+                              "`modeconnect connect --method METHOD --help` lists a method's settings")
     add_run_flags(compare, DEFAULT_METHOD, skip=("method",), groups=("endpoint", "certify", "proof"),
                   helps={"seed": "base seed; pair j's seed is derived from it"})
     compare.add_argument("--workers", type=int, default=1, metavar="K",
@@ -312,10 +315,10 @@ def format_comparison(table: dict[str, Any]) -> str:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .experiments.compare import CompareConfig, parse_methods, run_compare
+    from .experiments.compare import CompareConfig, parse_methods, parse_settings, run_compare
 
     config = CompareConfig(base=run_config_from(args), methods=parse_methods(args.methods), pairs=args.pairs,
-                           seed=getattr(args, "seed", 0))
+                           seed=getattr(args, "seed", 0), settings=parse_settings(args.setting))
     progress = _Progress(args.quiet)
     try:
         with make_executor(args.executor, args.workers, address=args.address, threads=args.threads) as executor:

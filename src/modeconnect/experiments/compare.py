@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path as FsPath
 from typing import Any
 
@@ -40,8 +41,8 @@ from .connect_run import ConnectRunConfig, EndpointTrainingError, run_connect
 from .executors import Executor, make_executor
 from .store import RUNS_DIR, TABLE_CSV, TABLE_JSON, RunDirectory, SweepDirectory
 
-__all__ = ["CompareConfig", "CompareDirectory", "run_compare", "energy_profile", "parse_methods", "UNIT_FIELDS",
-           "METHOD_FIELDS", "PROFILES"]
+__all__ = ["CompareConfig", "CompareDirectory", "run_compare", "energy_profile", "parse_methods", "parse_settings",
+           "UNIT_FIELDS", "METHOD_FIELDS", "PROFILES"]
 
 COMPARE = "compare.json"
 PROFILES = "profiles.json"
@@ -58,6 +59,30 @@ METHOD_FIELDS = ["method", "n_pairs", "n_endpoint_failed", "n_connected", "n_cer
                  "normalized_length_mean", "normalized_length_stderr", "trained_points_mean",
                  "trained_parameters_mean", "wall_time_s_mean", "method_energy_evaluations_mean"]
 """Columns of an aggregate (method) row."""
+
+
+def parse_settings(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["neb.max_time_s=600", "bezier.steps=500"]`` -> ``{"neb": {"max_time_s": 600}, ...}``.
+
+    A value is read as JSON where it parses (numbers, true/false, null), else kept as text; nested settings
+    use dots (``greedy_dss.bead_training.lr=0.01``). The method's schema validates them when a run resolves.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or not name or not method:
+            raise ConfigError(f"--setting takes METHOD.NAME=VALUE (e.g. neb.max_time_s=600), got {item!r}")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        node = out.setdefault(method, {})
+        *parents, leaf = name.split(".")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return out
 
 
 def parse_methods(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -86,17 +111,25 @@ class CompareConfig:
     """Independent endpoint pairs; every method connects every pair."""
     seed: int = 0
     """Base seed: pair j's seed is derived from (seed, j), as in a sweep."""
+    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Per-method setting overrides, ``{method: {setting: value}}`` (``--setting neb.max_time_s=600``)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", parse_methods(self.methods))
+        stray = [m for m in self.settings if m not in self.methods]
+        if stray:
+            raise ConfigError(f"settings given for {', '.join(map(repr, stray))}, which --methods does not name")
+        object.__setattr__(self, "settings", {m: dict(v) for m, v in self.settings.items()})
         if not isinstance(self.pairs, int) or isinstance(self.pairs, bool) or self.pairs < 1:
             raise ConfigError(f"pairs must be a positive integer, got {self.pairs!r}")
         if self.base.method_settings:
-            raise ConfigError("compare runs every method with its own defaults; method settings "
-                              f"({', '.join(self.base.method_settings)}) apply to one method only: use connect")
+            raise ConfigError("compare runs every method with its own defaults; give a method's settings as "
+                              "settings={method: {...}} (--setting METHOD.NAME=VALUE)")
 
     def identity(self) -> dict[str, Any]:
-        """What every unit shares; a directory refuses a different identity (methods and pairs may grow)."""
+        """What every unit shares; a directory refuses a different identity (methods and pairs may grow).
+        Per-method settings are not shared: each unit's run directory checks its own (a changed setting makes
+        that method's runs refuse their directories)."""
         record = replace(self.base, method=self.methods[0]).resolve().record()
         for key in ("method", "method_config"):
             record.pop(key)
@@ -107,7 +140,8 @@ class CompareConfig:
         return derive_seed(self.seed, "pair", pair)
 
     def unit(self, method: str, pair: int) -> ConnectRunConfig:
-        return replace(self.base, method=method, seed=self.pair_seed(pair))
+        return replace(self.base, method=method, seed=self.pair_seed(pair),
+                       method_settings=dict(self.settings.get(method, {})))
 
 
 class CompareDirectory(SweepDirectory):
@@ -248,7 +282,7 @@ def _run_locked(config: CompareConfig, directory: CompareDirectory, out: str, ex
                 say: Callable[[str], None]) -> dict[str, Any]:
     identity = config.identity()
     resumed = directory.open(identity, config.seed)
-    directory.record_plan({"methods": list(config.methods), "pairs": config.pairs})
+    directory.record_plan({"methods": list(config.methods), "pairs": config.pairs, "settings": config.settings})
     units = [(m, p) for m in config.methods for p in range(config.pairs)]
     dirs = {u: directory.unit_dir(*u) for u in units}
     rows: dict[tuple[str, int], dict[str, Any]] = {}
@@ -265,6 +299,7 @@ def _run_locked(config: CompareConfig, directory: CompareDirectory, out: str, ex
         return {"format": "modeconnect.compare_table", "version": 1, "task": config.base.task,
                 "threshold": identity["base"]["threshold"], "align": config.base.align, "energy": dict(energy),
                 "methods": list(config.methods), "pairs": config.pairs, "seed": config.seed,
+                "method_settings": config.settings,
                 "settings": identity["base"], "rows": ordered, "aggregates": aggregate(ordered, config.methods)}
 
     def save() -> dict[str, Any]:

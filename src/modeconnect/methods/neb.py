@@ -54,7 +54,7 @@ from ..train import Minibatches, Objective, Optimizer, TrainConfig, make_optimiz
 from .base import Checkpoint, Outcome, Progress
 from .constrained_dss import as_enum
 from .greedy_dss import MAX_GRID_SIZE, TStar, choose_tstar
-from .string_training import Batching
+from .string_training import Batching, prefers_loop
 
 __all__ = ["Tangent", "NEBReason", "NEBConfig", "NEBState", "NEB", "Band", "neb_force", "tangents",
            "band_gradients", "choose_pivots"]
@@ -278,7 +278,8 @@ def band_gradients(rows: Tensor, inner: Tensor, *, band: Band, energy: Energy, o
     ``rows`` is the band ``[n + 2, D]`` (its inner rows are ignored); ``inner`` the inner images ``[n, D]``.
     Returns ``(losses [n + 2], gradients [n, D], batching used)``. VMAP: one vmapped ``functional_call`` over all
     ``n + 2`` images; LOOP: one forward per image (``energy.train_forward``, with the images' ``buffers``).
-    AUTO and VMAP fall back to LOOP where the model carries buffers or BatchNorm; AUTO also where vmap fails.
+    AUTO and VMAP fall back to LOOP where the model carries buffers or BatchNorm; AUTO also where vmap fails
+    or the energy pins the loop strategy (the real tasks, where vmap is slower).
     """
     model, kind = energy.model, objective.loss
     full = torch.cat([rows[:1].detach(), inner, rows[-1:].detach()])
@@ -286,7 +287,7 @@ def band_gradients(rows: Tensor, inner: Tensor, *, band: Band, energy: Energy, o
     if buffers and any(buffers) or energy.has_batchnorm:
         use = Batching.LOOP
     elif use is Batching.AUTO:
-        use = Batching.VMAP
+        use = Batching.LOOP if prefers_loop(energy) else Batching.VMAP
 
     def one_loss(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         return metric_sum(kind, functional_call(model, p, (x,)), y) / metric_count(kind, y)

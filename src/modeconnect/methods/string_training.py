@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.func import functional_call, vmap
 
 from ..batchnorm import is_buffer_key
-from ..energy import Energy
+from ..energy import Energy, Strategy
 from ..metrics import metric_count, metric_sum
 from ..params import Point, stack_points
 from ..train import (
@@ -30,7 +30,7 @@ from ..train import (
     make_optimizer,
 )
 
-__all__ = ["Batching", "VMAP_MIN_BEADS", "can_vmap", "train_string"]
+__all__ = ["Batching", "VMAP_MIN_BEADS", "can_vmap", "prefers_loop", "train_string"]
 
 VMAP_MIN_BEADS = 3
 """AUTO batching uses vmap from this many beads on. Measured on the cubic task's 1-4-4-1 MLP (256 samples, one
@@ -43,8 +43,8 @@ class Batching(str, Enum):
     """How the beads of a round are pushed through the model."""
 
     AUTO = "auto"
-    """VMAP when the model allows it (no buffers or BatchNorm, and vmap runs) and at least VMAP_MIN_BEADS beads
-    train, else LOOP (for one or two beads the loop skips vmap's overhead)."""
+    """VMAP when the model allows it (no buffers or BatchNorm, and vmap runs), at least VMAP_MIN_BEADS beads train
+    and the energy does not pin the loop strategy (the real tasks do), else LOOP."""
     VMAP = "vmap"
     """One torch.func.vmap'ed functional_call over the stacked parameters of all beads per step (LOOP where the
     model carries buffers or BatchNorm: the result records the batching used)."""
@@ -58,6 +58,12 @@ def can_vmap(energy: Energy, beads: Sequence[Mapping[str, Tensor]]) -> bool:
     return not energy.has_batchnorm and not any(is_buffer_key(k) for k in beads[0])
 
 
+def prefers_loop(energy: Energy) -> bool:
+    """Whether the energy pins the loop strategy: the real tasks do, where vmap measured slower (0.34x on the
+    MNIST convnet, benchmarks/real_models.py), and AUTO batching follows that choice."""
+    return getattr(energy, "strategy", None) is Strategy.LOOP
+
+
 def train_string(beads: Sequence[Mapping[str, Tensor]], *, energy: Energy, objective: Objective, target: float,
                  config: TrainConfig, seed: int, batching: Batching = Batching.AUTO
                  ) -> tuple[list[Point], list[TrainStatus], Batching]:
@@ -69,7 +75,8 @@ def train_string(beads: Sequence[Mapping[str, Tensor]], *, energy: Energy, objec
     fixed while the others go on. VMAP computes all losses in one vmapped forward; LOOP one forward per bead.
     """
     use = batching
-    if not can_vmap(energy, beads) or (use is Batching.AUTO and len(beads) < VMAP_MIN_BEADS):
+    if not can_vmap(energy, beads) or (use is Batching.AUTO and (len(beads) < VMAP_MIN_BEADS
+                                                                 or prefers_loop(energy))):
         use = Batching.LOOP
     elif use is Batching.AUTO:
         use = Batching.VMAP
