@@ -6,6 +6,7 @@ Run from the repository root:
     .venv/bin/python benchmarks/align.py --skip-mnist    # cubic only (~20 s)
     .venv/bin/python benchmarks/align.py --pairs 5       # more cubic pairs
     .venv/bin/python benchmarks/align.py --skip-cubic --mnist-task mnist-mlp   # the 784-512-512-512-10 MLP
+    .venv/bin/python benchmarks/align.py --skip-cubic --mnist-task cifar10 --batchnorm recompute --mnist-pairs 1
 
 For each pair of endpoints (trained from different seeds with ``train_to_target``, exactly as
 ``modeconnect connect`` trains them: to ``endpoint_fraction * threshold`` with the task's endpoint training)
@@ -100,8 +101,11 @@ def main() -> None:
     parser.add_argument("--mnist-pairs", type=int, default=2, help="MNIST endpoint pairs (default 2)")
     parser.add_argument("--skip-mnist", action="store_true")
     parser.add_argument("--skip-cubic", action="store_true")
-    parser.add_argument("--mnist-task", default="mnist", choices=["mnist", "mnist-mlp"],
-                        help="the MNIST convnet (default) or the 784-512-512-512-10 MLP")
+    parser.add_argument("--mnist-task", default="mnist", choices=["mnist", "mnist-mlp", "cifar10"],
+                        help="the real task: the MNIST convnet (default), the 784-512-512-512-10 MLP, or the CIFAR-10 "
+                             "subset convnet (with --batchnorm)")
+    parser.add_argument("--batchnorm", choices=["recompute", "interpolate", "freeze"], default=None,
+                        help="cifar10 only: add BatchNorm with this policy for the energy")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the models are small)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -110,7 +114,8 @@ def main() -> None:
         run_task(make_task("cubic"), args.pairs, 256)
     if not args.skip_mnist:
         os.environ.setdefault("MODECONNECT_DATA", "/work/shared/data")
-        run_task(make_task(args.mnist_task), args.mnist_pairs, 256)
+        options = {"batchnorm": args.batchnorm} if args.batchnorm else {}
+        run_task(make_task(args.mnist_task, **options), args.mnist_pairs, 256)
 
 
 if __name__ == "__main__":
