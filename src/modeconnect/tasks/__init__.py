@@ -8,6 +8,7 @@ from ..errors import ConfigError
 from .base import Task
 from .cifar import cifar10_task
 from .controls import convex_task, permutation_task
+from .kuditipudi_disconnected import kuditipudi_disconnected_task
 from .mnist import mnist_kuditipudi_task, mnist_mlp_task, mnist_task
 from .polynomial import polynomial_task
 from .ptb import ptb_task
@@ -20,6 +21,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "cubic": lambda **kw: polynomial_task("cubic", **kw),
     "convex": convex_task,
     "permutation": permutation_task,
+    "kuditipudi-disconnected": kuditipudi_disconnected_task,
     "mnist": mnist_task,
     "mnist-kuditipudi": mnist_kuditipudi_task,
     "mnist-mlp": mnist_mlp_task,
