@@ -110,7 +110,7 @@ def test_bad_pairs_and_method_settings_are_refused():
     base = ConnectRunConfig(task="cubic")
     with pytest.raises(ConfigError, match="pairs must be a positive integer"):
         CompareConfig(base=base, methods=("greedy_dss",), pairs=0)
-    with pytest.raises(ConfigError, match="apply to one method only"):
+    with pytest.raises(ConfigError, match="--setting METHOD.NAME=VALUE"):
         CompareConfig(base=ConnectRunConfig(task="cubic", method_settings={"alpha": 0.5}), methods=("greedy_dss",))
 
 
