@@ -13,8 +13,9 @@ interleaved in the same process:
 * looped: the obvious reference, one ``energy(apply_dropout(...))`` call per (mask, i).
 
 It prints masks per second for both, their ratio, and the largest difference between the two sets of
-energies (they must agree). One untimed warm-up call of each comes first. The models are untrained: throughput does not depend on the weights. MNIST
-uses ``$MODECONNECT_DATA`` (default /work/shared/data) and is skipped when the data are absent.
+energies (they must agree). One untimed warm-up call of each comes first. The models are untrained:
+throughput does not depend on the weights. MNIST uses ``$MODECONNECT_DATA`` (default /work/shared/data) and
+is skipped when the data are absent.
 """
 
 from __future__ import annotations

@@ -18,8 +18,6 @@ Aggregates are over the pairs whose endpoints trained; normalized length over th
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -39,7 +37,8 @@ from ..path import Path
 from ..seeding import derive_seed
 from .connect_run import ConnectRunConfig, EndpointTrainingError, run_connect
 from .executors import Executor, make_executor
-from .store import RUNS_DIR, TABLE_CSV, TABLE_JSON, RunDirectory, SweepDirectory
+from .store import RUNS_DIR, TABLE_CSV, TABLE_JSON, SweepDirectory
+from .sweep import finished_unit, tidy_csv
 
 __all__ = ["CompareConfig", "CompareDirectory", "run_compare", "energy_profile", "parse_methods", "parse_settings",
            "UNIT_FIELDS", "METHOD_FIELDS", "PROFILES"]
@@ -173,15 +172,6 @@ def compare_unit(config: dict[str, Any], out: str, endpoints_from: str | None) -
         return None, str(exc)
 
 
-def _finished(out: FsPath) -> tuple[dict[str, Any] | None, str | None] | None:
-    store = RunDirectory(out)
-    result = store.result()
-    if result is not None:
-        return result, None
-    failure = store.failure()
-    return (None, failure["message"]) if failure is not None else None
-
-
 def unit_row(method: str, pair: int, seed: int, run_dir: str, result: dict[str, Any] | None,
              failure: str | None = None) -> dict[str, Any]:
     """One table row for a finished unit (``result``) or one whose endpoints failed to train (``failure``)."""
@@ -232,14 +222,7 @@ def aggregate(rows: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[di
 
 def table_csv(table: dict[str, Any]) -> str:
     """The table as tidy CSV: a ``row`` column says ``unit`` or ``method``; empty cells are missing values."""
-    columns = ["row", *dict.fromkeys(UNIT_FIELDS + METHOD_FIELDS)]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for kind, rows in (("unit", table["rows"]), ("method", table["aggregates"])):
-        for row in rows:
-            writer.writerow({"row": kind, **{k: ("" if v is None else v) for k, v in row.items()}})
-    return buffer.getvalue()
+    return tidy_csv((("unit", table["rows"]), ("method", table["aggregates"])), UNIT_FIELDS + METHOD_FIELDS)
 
 
 @torch.no_grad()
@@ -310,7 +293,7 @@ def _run_locked(config: CompareConfig, directory: CompareDirectory, out: str, ex
         return current
 
     for unit in units:
-        done = _finished(dirs[unit])
+        done = finished_unit(dirs[unit])
         if done is not None:
             record(unit, done)
     if resumed:

@@ -31,7 +31,8 @@ from .connect_run import ConnectRunConfig, EndpointTrainingError, run_connect
 from .executors import Executor, make_executor
 from .store import RunDirectory, SweepDirectory
 
-__all__ = ["SweepConfig", "run_sweep", "aggregate", "pair_row", "table_csv", "parse_levels", "PAIR_FIELDS"]
+__all__ = ["SweepConfig", "run_sweep", "aggregate", "pair_row", "table_csv", "tidy_csv", "finished_unit",
+           "parse_levels", "PAIR_FIELDS"]
 
 PAIR_FIELDS = ["level", "pair", "seed", "status", "connected", "reason", "method", "normalized_length", "n_beads",
                "depth", "beads_trained", "path_length", "distance", "worst_barrier", "max_interpolated_energy",
@@ -178,16 +179,20 @@ def aggregate(rows: Sequence[dict[str, Any]], levels: Sequence[float]) -> list[d
     return out
 
 
-def table_csv(table: dict[str, Any]) -> str:
-    """The table as tidy CSV: a ``row`` column says ``pair`` or ``level``; empty cells are missing values."""
-    columns = ["row", *dict.fromkeys(PAIR_FIELDS + LEVEL_FIELDS)]
+def tidy_csv(groups: Sequence[tuple[str, Sequence[dict[str, Any]]]], fields: Sequence[str]) -> str:
+    """Rows of several kinds as one CSV: a ``row`` column names each row's kind; empty cells are missing values."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=["row", *dict.fromkeys(fields)], lineterminator="\n")
     writer.writeheader()
-    for kind, rows in (("pair", table["rows"]), ("level", table["aggregates"])):
+    for kind, rows in groups:
         for row in rows:
             writer.writerow({"row": kind, **{k: ("" if v is None else v) for k, v in row.items()}})
     return buffer.getvalue()
+
+
+def table_csv(table: dict[str, Any]) -> str:
+    """The table as tidy CSV: a ``row`` column says ``pair`` or ``level``; empty cells are missing values."""
+    return tidy_csv((("pair", table["rows"]), ("level", table["aggregates"])), PAIR_FIELDS + LEVEL_FIELDS)
 
 
 def run_unit(config: dict[str, Any], out: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -198,7 +203,9 @@ def run_unit(config: dict[str, Any], out: str) -> tuple[dict[str, Any] | None, s
         return None, str(exc)
 
 
-def _finished(out: str) -> tuple[dict[str, Any] | None, str | None] | None:
+def finished_unit(out: str | os.PathLike) -> tuple[dict[str, Any] | None, str | None] | None:
+    """``(result, None)`` for a finished run directory, ``(None, message)`` for one whose endpoints failed,
+    None for one not finished (or not started)."""
     store = RunDirectory(out)
     result = store.result()
     if result is not None:
@@ -240,7 +247,7 @@ def _run_sweep_locked(config: SweepConfig, sweep: SweepDirectory, out: str, exec
             energy.update(result["energy"])
 
     for unit in units:
-        done = _finished(dirs[unit])
+        done = finished_unit(dirs[unit])
         if done is not None:
             record(unit, done)
     # lowest levels first: they take longest, so starting them early keeps a pool's workers busy to the end

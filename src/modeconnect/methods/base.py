@@ -17,8 +17,8 @@ A method is a class with
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ..energy import Energy
@@ -26,7 +26,7 @@ from ..errors import ConfigError
 from ..path import Path
 from ..train import Objective
 
-__all__ = ["Outcome", "PathMethod", "Checkpoint", "Progress", "as_enum"]
+__all__ = ["Outcome", "PathMethod", "Checkpoint", "Progress", "as_enum", "check_state_fields"]
 
 Checkpoint = Callable[[Path, Any], None]
 """``checkpoint(path, state)``: called by a method whenever its state is worth saving, and once at the end."""
@@ -40,6 +40,15 @@ def as_enum(cls, value, name: str):
         return cls(value)
     except ValueError:
         raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(m.value for m in cls)}") from None
+
+
+def check_state_fields(cls: type, data: Mapping[str, Any], what: str) -> None:
+    """Refuse a saved state with fields the dataclass ``cls`` does not have (a file from another version or
+    another method), naming them and what to do."""
+    unknown = sorted(set(data) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ConfigError(f"the saved {what} state has unknown field(s) {', '.join(unknown)}; "
+                          "delete the run's path/ directory to restart")
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -63,7 +63,7 @@ from ..params import Point, distance
 from ..path import Bezier, Path, Straight
 from ..seeding import derive_seed
 from ..train import Minibatches, Objective, TrainConfig, make_optimizer
-from .base import Checkpoint, Outcome, Progress
+from .base import Checkpoint, Outcome, Progress, check_state_fields
 from .greedy_dss import MAX_GRID_SIZE
 
 __all__ = ["CurveConfig", "CurveState", "CurveReason", "BezierCurve", "PolyChain", "curve_point", "BN_SAMPLES"]
@@ -167,10 +167,7 @@ class CurveState:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CurveState:
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"the saved curve state has unknown field(s) {', '.join(unknown)}; "
-                              "delete the run's path/ directory to restart")
+        check_state_fields(cls, data, "curve")
         data = dict(data)
         data["history"] = [[int(s), float(v)] for s, v in data.get("history", [])]
         data["recent"] = [float(v) for v in data.get("recent", [])]

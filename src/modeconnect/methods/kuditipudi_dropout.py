@@ -49,7 +49,7 @@ from ..params import Point
 from ..path import Path
 from ..seeding import derive_seed
 from ..train import Objective
-from .base import Checkpoint, Outcome, Progress
+from .base import Checkpoint, Outcome, Progress, check_state_fields
 
 __all__ = ["KuditipudiConfig", "KuditipudiState", "KuditipudiDropout", "lemma1_path", "lemma2_path",
            "theorem1_path", "Step", "segment_bound"]
@@ -105,9 +105,7 @@ class KuditipudiState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> KuditipudiState:
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"the saved kuditipudi_dropout state has unknown field(s) {', '.join(unknown)}")
+        check_state_fields(cls, data, "kuditipudi_dropout")
         return cls(**data)
 
 

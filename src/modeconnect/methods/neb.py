@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
 
@@ -51,7 +51,7 @@ from ..params import Point, interpolate
 from ..path import Path, Straight
 from ..seeding import derive_seed
 from ..train import Minibatches, Objective, Optimizer, TrainConfig, make_optimizer
-from .base import Checkpoint, Outcome, Progress
+from .base import Checkpoint, Outcome, Progress, check_state_fields
 from .constrained_dss import as_enum
 from .greedy_dss import MAX_GRID_SIZE, TStar, choose_tstar
 from .string_training import Batching, prefers_loop
@@ -231,10 +231,7 @@ class NEBState:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NEBState:
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"the saved NEB state has unknown field(s) {', '.join(unknown)}; "
-                              "delete the run's path/ directory to restart")
+        check_state_fields(cls, data, "NEB")
         data = dict(data)
         data["segment_max_energy"] = [float(v) for v in data.get("segment_max_energy", [])]
         return cls(**data)

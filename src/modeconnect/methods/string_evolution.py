@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
 
@@ -44,7 +44,7 @@ from ..train import (
     Objective,
     TrainConfig,
 )
-from .base import Checkpoint, Outcome, Progress
+from .base import Checkpoint, Outcome, Progress, check_state_fields
 from .constrained_dss import as_enum
 from .greedy_dss import MAX_GRID_SIZE, TStar, choose_tstar
 from .string_training import VMAP_MIN_BEADS, Batching, train_string
@@ -175,10 +175,7 @@ class StringEvolutionState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StringEvolutionState:
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"the saved string evolution state has unknown field(s) {', '.join(unknown)}; "
-                              "delete the run's path/ directory to restart")
+        check_state_fields(cls, data, "string evolution")
         data = dict(data)
         data["segments"] = [EvolutionSegment(**{k: (float(v) if k != "persistence" and v is not None else v)
                                                 for k, v in s.items()}) for s in data.get("segments", [])]
