@@ -154,3 +154,15 @@ def test_per_method_settings_parse_reach_only_their_method_and_are_validated():
     bad = CompareConfig(base=ConnectRunConfig(task="cubic"), methods=("neb",), settings={"neb": {"spring": -1}})
     with pytest.raises(ConfigError, match="spring"):
         bad.unit("neb", 0).resolve()
+
+
+def test_the_figure_switches_to_a_symlog_axis_only_for_a_far_higher_profile():
+    from modeconnect.plots import compare_figure
+
+    table = {"task": "t", "threshold": 3.0, "methods": ["a", "b"], "pairs": 1, "aggregates": []}
+    low = {"a/0": {"method": "a", "connected": True, "s": [0, 0.5, 1], "energy": [1.0, 2.9, 1.0]}}
+    high = {**low, "b/0": {"method": "b", "connected": False, "s": [0, 0.5, 1], "energy": [1.0, 40.0, None]}}
+    assert compare_figure(table, low).axes[0].get_yscale() == "linear"
+    ax = compare_figure(table, high).axes[0]
+    assert ax.get_yscale() == "symlog" and [t.get_text() for t in ax.get_yticklabels()][:5] == \
+        ["0", "1.5", "3", "6", "15"]

@@ -1,7 +1,9 @@
 """The comparison figure: every method's energy profile along normalised arc length, on the same pairs.
 
 One line per (method, pair), coloured by method (solid: connected, dashed: not), the level L0 as a
-horizontal line and the region above it shaded; the legend gives each method's connected/pairs.
+horizontal line and the region above it shaded; the legend gives each method's connected/pairs. When some
+profile rises above 5 x L0 the energy axis is symmetric-logarithmic above L0 (linear below), so the paths
+near the level stay readable beside a high barrier.
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ def compare_figure(table: Mapping[str, Any], profiles: Mapping[str, Any]) -> Fig
     if threshold is not None:
         ax.axhline(float(threshold), color="k", lw=1, ls=":", label=f"L0 = {float(threshold):g}")
         ax.axhspan(float(threshold), max(top, float(threshold)) * 1.05, color="tab:red", alpha=0.06, lw=0)
+        level = float(threshold)
+        if top > 5 * level > 0:  # a far higher profile (e.g. a failed construction) would flatten the rest
+            ax.set_yscale("symlog", linthresh=level, linscale=2.0)
+            ticks = [0.0, level / 2, level] + [m * level for m in (2, 5, 10, 20, 50, 100, 200, 500) if m * level <= top]
+            ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
     energy = table.get("energy") or {}
     ax.set_xlabel("normalised arc length along the path")
     ax.set_ylabel(metric_label(energy.get("metric"), energy.get("split")))
