@@ -9,6 +9,17 @@ from torch import nn
 from modeconnect import Energy, Objective
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tiny models on one torch thread, as the tiny tasks themselves run (``Task.threads``): a
+    second thread only adds synchronisation, up to 100x slower on a busy 2-core machine. Restored after.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def regression_data():
     g = torch.Generator().manual_seed(0)

@@ -27,14 +27,7 @@ from modeconnect.models import cifar_convnet, kuditipudi_convnet, mnist_convnet
 from modeconnect.params import distance, interpolate, point_from_module
 from modeconnect.tasks._init import seeded
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: a second torch thread only adds synchronisation (100x slower on a busy 2-core box)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 G = torch.Generator().manual_seed(0)

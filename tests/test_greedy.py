@@ -18,14 +18,7 @@ from modeconnect.path import Path
 from modeconnect.tasks import make_task
 from modeconnect.train import Objective, TrainConfig, train_to_target
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tasks are tiny: like a run (Task.threads), train them on one thread; a second only synchronises."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def trained_endpoints(task, threshold, seeds=(1, 2)):

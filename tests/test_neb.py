@@ -46,13 +46,7 @@ class Landscape(nn.Module):
         return self.fn(self.w).reshape(1, 1).expand(x.shape[0], 1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is fastest (and the machine is shared), as the tasks themselves run."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def landscape(fn):

@@ -44,13 +44,7 @@ def convnet(bias=True, pool=nn.MaxPool2d):
 MLP_INPUT, CONV_INPUT = (2, 3), (2, 8, 8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny nets: a second torch thread only adds synchronisation (and the test machine is shared)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("build,shape", [(lambda: mlp(), MLP_INPUT), (lambda: convnet(), CONV_INPUT),
