@@ -38,7 +38,7 @@ from ..seeding import derive_seed
 from .connect_run import ConnectRunConfig, EndpointTrainingError, run_connect
 from .executors import Executor, make_executor
 from .store import RUNS_DIR, TABLE_CSV, TABLE_JSON, SweepDirectory
-from .sweep import finished_unit, tidy_csv
+from .sweep import finished_unit, mean_stderr, result_row, tidy_csv
 
 __all__ = ["CompareConfig", "CompareDirectory", "run_compare", "energy_profile", "parse_methods", "parse_settings",
            "UNIT_FIELDS", "METHOD_FIELDS", "PROFILES"]
@@ -175,24 +175,11 @@ def compare_unit(config: dict[str, Any], out: str, endpoints_from: str | None) -
 def unit_row(method: str, pair: int, seed: int, run_dir: str, result: dict[str, Any] | None,
              failure: str | None = None) -> dict[str, Any]:
     """One table row for a finished unit (``result``) or one whose endpoints failed to train (``failure``)."""
-    row: dict[str, Any] = dict.fromkeys(UNIT_FIELDS)
-    row.update(method=method, pair=pair, seed=seed, run_dir=run_dir)
-    if result is None:
-        row.update(status="endpoint_failed", connected=False, reason="endpoint_failed", message=failure)
-        return row
-    for key in UNIT_FIELDS:
-        if key in result:
-            row[key] = result[key]
-    row["status"] = "connected" if result["connected"] else "not_connected"
-    row["endpoint_energy_a"], row["endpoint_energy_b"] = result["endpoint_energies"]
-    row["certification_evaluations"] = (result.get("certificate") or {}).get("n_evaluations")
-    if not result["connected"]:
-        row["normalized_length"] = None  # not a connection: its length says nothing about the level set
+    row = result_row(UNIT_FIELDS, {"method": method, "pair": pair, "seed": seed, "run_dir": run_dir}, result,
+                     failure, geometry=("normalized_length",))
+    if result is not None:
+        row["certification_evaluations"] = (result.get("certificate") or {}).get("n_evaluations")
     return row
-
-
-def _mean(values: Sequence[float]) -> float | None:
-    return math.fsum(values) / len(values) if values else None
 
 
 def aggregate(rows: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
@@ -207,15 +194,11 @@ def aggregate(rows: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[di
         agg: dict[str, Any] = dict.fromkeys(METHOD_FIELDS)
         agg.update(method=method, n_pairs=len(mine), n_endpoint_failed=len(mine) - len(tried),
                    n_connected=len(connected), n_certified=sum(bool(r["certified"]) for r in tried))
-        lengths = [float(r["normalized_length"]) for r in connected if r["normalized_length"] is not None]
-        agg["normalized_length_mean"] = _mean(lengths)
-        if len(lengths) >= 2:
-            mean = agg["normalized_length_mean"]
-            agg["normalized_length_stderr"] = math.sqrt(
-                math.fsum((v - mean) ** 2 for v in lengths) / (len(lengths) - 1) / len(lengths))
+        agg["normalized_length_mean"], agg["normalized_length_stderr"] = mean_stderr(
+            [float(r["normalized_length"]) for r in connected if r["normalized_length"] is not None])
         for key in ("certified_max_energy", "trained_points", "trained_parameters", "wall_time_s",
                     "method_energy_evaluations"):
-            agg[f"{key}_mean"] = _mean([float(r[key]) for r in tried if r.get(key) is not None])
+            agg[f"{key}_mean"] = mean_stderr([float(r[key]) for r in tried if r.get(key) is not None])[0]
         out.append(agg)
     return out
 

@@ -31,8 +31,8 @@ from .connect_run import ConnectRunConfig, EndpointTrainingError, run_connect
 from .executors import Executor, make_executor
 from .store import RunDirectory, SweepDirectory
 
-__all__ = ["SweepConfig", "run_sweep", "aggregate", "pair_row", "table_csv", "tidy_csv", "finished_unit",
-           "parse_levels", "PAIR_FIELDS"]
+__all__ = ["SweepConfig", "run_sweep", "aggregate", "pair_row", "table_csv", "tidy_csv", "finished_unit", "result_row",
+           "mean_stderr", "parse_levels", "PAIR_FIELDS"]
 
 PAIR_FIELDS = ["level", "pair", "seed", "status", "connected", "reason", "method", "normalized_length", "n_beads",
                "depth", "beads_trained", "path_length", "distance", "worst_barrier", "max_interpolated_energy",
@@ -114,25 +114,34 @@ class SweepConfig:
         return [(level, pair) for level in self.levels for pair in range(self.pairs)]
 
 
-def pair_row(level: float, pair: int, seed: int, run_dir: str, result: dict[str, Any] | None,
-             failure: str | None = None) -> dict[str, Any]:
-    """One table row for a finished pair (``result``) or one whose endpoints failed to train (``failure``)."""
-    row: dict[str, Any] = dict.fromkeys(PAIR_FIELDS)
-    row.update(level=level, pair=pair, seed=seed, run_dir=run_dir)
+def result_row(fields: Sequence[str], identity: dict[str, Any], result: dict[str, Any] | None,
+               failure: str | None = None, geometry: Sequence[str] = GEOMETRY_FIELDS) -> dict[str, Any]:
+    """A table row with ``fields`` for one run: ``identity`` (which unit it is), then the finished run's
+    ``result`` or, when its endpoints failed to train, the ``failure`` message. A run that did not connect
+    has its ``geometry`` fields left empty: its path is not a connection."""
+    row: dict[str, Any] = dict.fromkeys(fields)
+    row.update(identity)
     if result is None:
         row.update(status="endpoint_failed", connected=False, reason="endpoint_failed", message=failure)
         return row
-    for key in PAIR_FIELDS:
+    for key in fields:
         if key in result:
             row[key] = result[key]
     row["status"] = "connected" if result["connected"] else "not_connected"
     row["endpoint_energy_a"], row["endpoint_energy_b"] = result["endpoint_energies"]
     if not result["connected"]:
-        row.update(dict.fromkeys(GEOMETRY_FIELDS))
+        row.update(dict.fromkeys(g for g in geometry if g in row))
     return row
 
 
-def _mean_stderr(values: Sequence[float]) -> tuple[float | None, float | None]:
+def pair_row(level: float, pair: int, seed: int, run_dir: str, result: dict[str, Any] | None,
+             failure: str | None = None) -> dict[str, Any]:
+    """One table row for a finished pair (``result``) or one whose endpoints failed to train (``failure``)."""
+    return result_row(PAIR_FIELDS, {"level": level, "pair": pair, "seed": seed, "run_dir": run_dir}, result,
+                      failure)
+
+
+def mean_stderr(values: Sequence[float]) -> tuple[float | None, float | None]:
     n = len(values)
     if n == 0:
         return None, None
@@ -166,12 +175,12 @@ def aggregate(rows: Sequence[dict[str, Any]], levels: Sequence[float]) -> list[d
                    n_connected=len(connected),
                    success_rate=len(connected) / len(trained) if trained else None)
         for key in ("normalized_length", "n_beads", "depth"):
-            agg[f"{key}_mean"], agg[f"{key}_stderr"] = _mean_stderr([float(r[key]) for r in connected
+            agg[f"{key}_mean"], agg[f"{key}_stderr"] = mean_stderr([float(r[key]) for r in connected
                                                                        if r.get(key) is not None])
         energies = [e for r in trained for e in (r["endpoint_energy_a"], r["endpoint_energy_b"])]
-        agg["endpoint_energy_mean"] = _mean_stderr(energies)[0]
+        agg["endpoint_energy_mean"] = mean_stderr(energies)[0]
         times = [float(r["wall_time_s"]) for r in trained]
-        agg["wall_time_s_mean"] = _mean_stderr(times)[0]
+        agg["wall_time_s_mean"] = mean_stderr(times)[0]
         agg["wall_time_s_total"] = math.fsum(times)
         for key in ("bead_training_time_s", "segment_evaluation_time_s", "certification_time_s", "endpoint_time_s"):
             agg[f"{key}_total"] = math.fsum(float(r.get(key) or 0.0) for r in trained)
