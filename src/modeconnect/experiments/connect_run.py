@@ -38,8 +38,8 @@ from ..tasks.base import budget_warning
 from ..train import TrainConfig, train_to_target
 from .store import RunDirectory
 
-__all__ = ["ConnectRunConfig", "ResolvedRun", "EndpointTrainingError", "run_connect", "TIMING_FIELDS",
-           "TASK_OPTIONS"]
+__all__ = ["ConnectRunConfig", "ResolvedRun", "EndpointTrainingError", "run_connect", "train_endpoint",
+           "thread_limit", "TIMING_FIELDS", "TASK_OPTIONS"]
 
 TIMING_FIELDS = frozenset({"wall_time_s", "certification_time_s", "method_time_s", "endpoint_time_s",
                            "bead_training_time_s", "segment_evaluation_time_s", "proof_time_s",
@@ -168,8 +168,9 @@ class EndpointTrainingError(ModeconnectError):
     """An endpoint did not reach its target energy."""
 
 
-def _train_endpoint(task: Task, which: str, seed: int, target: float, config: TrainConfig,
-                    say: Callable[[str], None]) -> Point:
+def train_endpoint(task: Task, which: str, seed: int, target: float, config: TrainConfig,
+                   say: Callable[[str], None]) -> Point:
+    """Train endpoint ``which`` of ``task`` from ``seed`` to ``target``, or raise EndpointTrainingError."""
     say(f"training endpoint {which.upper()} (seed {seed}) to energy <= {target:.4g}")
     start = task.energy.point_of(task.make_model(seed))  # parameters (+ state the energy's policy carries)
     point, status = train_to_target(start, energy=task.energy, objective=task.objective, target=target,
@@ -203,7 +204,7 @@ def run_connect(
     run = config.resolve()
     for note in run.notes():
         say(f"note: {note}")
-    with _thread_limit(run.task.threads):
+    with thread_limit(run.task.threads):
         if endpoints_from is not None and out is None:
             raise ConfigError("endpoints_from adopts saved endpoints into a run directory: give out as well")
         if out is None:
@@ -213,7 +214,7 @@ def run_connect(
 
 
 @contextlib.contextmanager
-def _thread_limit(threads: int | None):
+def thread_limit(threads: int | None):
     """Run with at most ``threads`` torch threads (the task's own limit), then restore the setting."""
     previous = torch.get_num_threads()
     if threads is not None and threads < previous:
@@ -278,7 +279,7 @@ def _endpoints(run: ResolvedRun, store: RunDirectory | None, say: Callable[[str]
             endpoints["b"] = task.derive_endpoint_b(endpoints["a"])
             say("endpoint B: derived from endpoint A by the task (not trained)")
         else:
-            endpoints[which] = _train_endpoint(task, which, seeds[which], target, run.endpoint_training, say)
+            endpoints[which] = train_endpoint(task, which, seeds[which], target, run.endpoint_training, say)
         if store is not None:
             store.save_endpoint(which, endpoints[which])
     return endpoints

@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..kuditipudi.dropout import DropoutConfig, dropout_stability, save_dropout
 from ..kuditipudi.units import hidden_units
-from .connect_run import ConnectRunConfig, _thread_limit
+from .connect_run import ConnectRunConfig, thread_limit
 from .endpoint_store import single_endpoint
 
 __all__ = ["run_dropout", "add_dropout_parser", "dropout_command"]
@@ -44,7 +44,7 @@ def run_dropout(task: str, *, p: float = 0.5, masks: int = 20, out: str | None =
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
     clock = time.perf_counter()
-    with _thread_limit(run.task.threads):
+    with thread_limit(run.task.threads):
         spec = hidden_units(run.task.energy.model)
         point = single_endpoint(run, endpoint, directory, from_run, say)
         sampled, report = dropout_stability(point, run.task.energy, spec, config, progress=say)

@@ -17,7 +17,7 @@ from .._io import read_json, read_tensors, write_json, write_tensors
 from ..errors import ConfigError, StoreError
 from ..params import Point, check_compatible
 from ..seeding import derive_seed
-from .connect_run import ResolvedRun, _train_endpoint
+from .connect_run import ResolvedRun, train_endpoint
 from .store import RunDirectory
 
 __all__ = ["single_endpoint", "ENDPOINT_FILE", "ENDPOINT_JSON"]
@@ -46,7 +46,7 @@ def single_endpoint(run: ResolvedRun, which: str, out: FsPath | None, from_run: 
             say(f"endpoint {which.upper()} loaded from {out / ENDPOINT_FILE}")
             return {k: point[k] for k in task.energy.template}
         raise ConfigError(f"{out} holds an endpoint of other settings ({out / ENDPOINT_JSON}); use another --out")
-    point = _train_endpoint(task, which, derive_seed(seed, "endpoint", which), task.endpoint_fraction * run.threshold,
+    point = train_endpoint(task, which, derive_seed(seed, "endpoint", which), task.endpoint_fraction * run.threshold,
                             run.endpoint_training, say)
     if out is not None:
         digest = write_tensors(out / ENDPOINT_FILE, point)

@@ -32,7 +32,7 @@ from ..kuditipudi.noise import (
 )
 from ..params import load_point_into
 from ..settings import apply_overrides
-from .connect_run import ConnectRunConfig, _thread_limit
+from .connect_run import ConnectRunConfig, thread_limit
 from .endpoint_store import single_endpoint
 
 __all__ = ["run_noise_stability", "load_noise_stability", "add_noise_parser", "noise_command", "RESULT_FILE"]
@@ -56,7 +56,7 @@ def run_noise_stability(task: str, *, config: NoiseStabilityConfig | None = None
     directory = FsPath(out) if out is not None else None
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
-    with _thread_limit(run.task.threads):
+    with thread_limit(run.task.threads):
         point = single_endpoint(run, endpoint, directory, from_run, say)
         energy = run.task.energy(point)
         model = load_point_into(run.task.make_model(0), point)
