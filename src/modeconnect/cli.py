@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from .cli_reproduce import add_reproduce_parser, reproduce_command
 from .cli_settings import (
     add_proof_flags,
     add_run_flags,
@@ -155,6 +156,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     prove.add_argument("--json", action="store_true", help="print the proof record as JSON")
     add_dropout_parser(sub, _add_data_dir)
     add_noise_parser(sub, _add_data_dir)
+    add_reproduce_parser(sub, _add_data_dir)
     show = sub.add_parser("show", help="print the result of a finished run or sweep directory")
     show.add_argument("dir", metavar="DIR")
     show.add_argument("--json", action="store_true", help="print the whole result as JSON")
@@ -348,9 +350,22 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show(args: argparse.Namespace) -> int:
-    from .experiments.compare import CompareDirectory
+def _reproduce(args: argparse.Namespace) -> int:
+    def draw(directory: str, fmt: str) -> list[str]:
+        return _draw(directory, fmt, html=False, gif=False, say=_Progress(args.quiet))
 
+    return reproduce_command(args, _Progress(args.quiet), draw)
+
+
+def _show(args: argparse.Namespace) -> int:
+    from .cli_reproduce import format_claims
+    from .experiments.compare import CompareDirectory
+    from .experiments.reproduce import is_reproduction, read_reproduction
+
+    if is_reproduction(args.dir):
+        record = read_reproduction(args.dir)
+        print(json.dumps(record, indent=2, sort_keys=True) if args.json else format_claims(record))
+        return 0
     if CompareDirectory.is_comparison(args.dir):
         table = CompareDirectory.read_table(args.dir)
         print(json.dumps(table, indent=2, sort_keys=True) if args.json else format_comparison(table))
@@ -408,7 +423,7 @@ def _prove(args: argparse.Namespace) -> int:
 
 _COMMANDS = {"dropout": dropout_command, "noise-stability": noise_command,
              "prove": _prove, "connect": _connect, "sweep": _sweep, "compare": _compare, "plot": _plot, "show": _show,
-             "data": _data}
+             "data": _data, "reproduce": _reproduce}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

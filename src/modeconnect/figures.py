@@ -11,6 +11,7 @@ the run has finished.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path as FsPath
 
@@ -18,6 +19,7 @@ from ._io import read_json, write_json
 from .errors import StoreError
 from .experiments.compare import CompareDirectory, read_profiles
 from .experiments.connect_run import ConnectRunConfig
+from .experiments.reproduce import is_reproduction, read_reproduction
 from .experiments.store import CONFIG, FIGURES_DIR, PATH_DIR, PICTURE, RESULT, TABLE_JSON, SweepDirectory
 from .path import PATH_JSON, Path
 from .picture import string_picture
@@ -69,6 +71,13 @@ def draw_directory(directory: str | FsPath, *, fmt: str = "png", html: bool = Tr
         figure.savefig(file, dpi=150, bbox_inches="tight")
         written.append(str(file))
 
+    if is_reproduction(root):
+        record = read_reproduction(root)
+        if record.get("figure"):
+            module, function = record["figure"].split(":")
+            for stem, figure in getattr(importlib.import_module(module), function)(record["results"]).items():
+                save(figure, stem)
+        return written
     if CompareDirectory.is_comparison(root):
         save(plots.compare_figure(read_json(root / TABLE_JSON), read_profiles(root)), "profiles")
         return written

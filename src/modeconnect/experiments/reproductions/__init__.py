@@ -1,0 +1,1 @@
+"""One module per reproduction (see :mod:`modeconnect.experiments.reproduce`)."""
