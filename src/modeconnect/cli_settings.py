@@ -31,7 +31,8 @@ _RUN_CHOICES = {"task": tuple(TASKS), "align": ("none", "weight", "activation"),
                 "batchnorm": ("recompute", "interpolate", "freeze")}
 _RUN_TYPES = {"task": str, "threshold": float, "seed": int, "method": str, "align": str, "activation": str,
               "data_seed": int,
-              "n_eval": int, "n_train": int, "batchnorm": str}
+              "n_eval": int, "n_train": int, "batchnorm": str, "width": int, "depth": int, "input_dim": int,
+              "sigma": float}
 _GROUPS = ("method", "endpoint", "certify", "proof")
 
 

@@ -48,7 +48,7 @@ TIMING_FIELDS = frozenset({"wall_time_s", "certification_time_s", "method_time_s
 energy evaluations of the session that finished the run): everything else in a result is a pure function
 of the config."""
 
-TASK_OPTIONS = ("activation", "data_seed", "n_eval", "n_train", "batchnorm")
+TASK_OPTIONS = ("activation", "data_seed", "n_eval", "n_train", "batchnorm", "width", "depth", "input_dim", "sigma")
 """Run settings handed to the task's factory."""
 
 
@@ -87,6 +87,15 @@ class ConnectRunConfig:
     """Real tasks: training examples (PTB: tokens) used (default: the task's own)."""
     batchnorm: str | None = None
     """cifar10: BatchNorm layers with statistics recomputed, interpolated or frozen (default: no BatchNorm)."""
+    width: int | None = None
+    """Synthetic tasks: hidden width (kuditipudi-disconnected H, teacher-student m, linear nets; default: the
+    task's own). Tasks without a width refuse it."""
+    depth: int | None = None
+    """Synthetic tasks: number of layers (linear nets; default: the task's own)."""
+    input_dim: int | None = None
+    """Synthetic tasks: input dimension n (default: the task's own)."""
+    sigma: float | None = None
+    """Synthetic tasks: noise or covariance scale of the data (Gaussian mixture; default: the task's own)."""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
