@@ -175,7 +175,10 @@ class RayExecutor(Executor):
                 ray.init(**options)
             except ConnectionError as exc:
                 raise ConfigError(f"could not reach the Ray cluster at {address!r}: {exc}; start it with "
-                                  "'ray start --head' or leave out --address for a local instance") from None
+                                  "'ray start --head' or leave out --address for a local instance. A cluster with "
+                                  "token authentication (the default of 'ray start --head' in recent Ray) also "
+                                  "needs RAY_AUTH_MODE=token and its token (~/.ray/auth_token or $RAY_AUTH_TOKEN) "
+                                  "here: see docs/ray_cluster.md") from None
         self._remote = ray.remote(num_cpus=threads)(_call_with_threads)
 
     def map(self, fn, arg_tuples):
