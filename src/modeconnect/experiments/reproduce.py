@@ -74,6 +74,9 @@ REPRODUCTIONS: dict[str, Reproduction] = {r.name: r for r in (
     Reproduction("freeman-bruna-width-scaling", "Freeman & Bruna 2017, Theorem 2.4 and Corollary 2.5",
                  "energy gap epsilon(m) against width m for n = 1, 2, 4, with a fitted exponent",
                  _R + "width_scaling", 15),
+    Reproduction("kuditipudi-fig2", "Kuditipudi et al. 2019, Figure 2 (MNIST)",
+                 "dropout stability of a 3-layer convnet, the line to its dropout version, narrow nets",
+                 _R + "kuditipudi_fig2", 12, needs_data=True),
 )}
 """Every reproduction, by name."""
 
