@@ -103,6 +103,12 @@ class TrainConfig:
     stall_steps: int = 0
     """Stop with reason 'stalled' when the energy closed less than 1% of its gap to the target over this
     many steps (an asymptote or plateau short of the target); 0: never, train to the step cap."""
+    dropout: float = 0.0
+    """Unit dropout during training (Kuditipudi et al.'s dropout stability, Definition 1): every step trains a
+    network that keeps exactly floor(h * (1 - dropout)) hidden units of every layer (Linear outputs, Conv2d
+    channels), drawn afresh, with kept units' outgoing weights scaled by 1 / (1 - dropout). One mask per
+    minibatch. The energy checks see the whole network. 0: off. Needs the model's hidden units, so only
+    endpoint training offers it (``--endpoint-dropout``)."""
 
     def __post_init__(self) -> None:
         try:
@@ -126,6 +132,9 @@ class TrainConfig:
             raise ConfigError(f"proximal must be a finite number >= 0 (0 turns the pull off), got {self.proximal}")
         if self.stall_steps < 0:
             raise ConfigError(f"stall_steps must be >= 0 (0: never stop early), got {self.stall_steps}")
+        if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
+            raise ConfigError(f"dropout must be in [0, 1) (the fraction of hidden units dropped per step), "
+                              f"got {self.dropout!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -257,6 +266,7 @@ def train_to_target(
     hyperplane_normal: Mapping[str, Tensor] | None = None,
     extra_loss: Callable[[dict[str, Tensor]], Tensor] | None = None,
     project: Callable[[dict[str, Tensor]], None] | None = None,
+    perturb: Callable[[dict[str, Tensor], int], dict[str, Tensor]] | None = None,
 ) -> tuple[Point, TrainStatus]:
     """Train a copy of ``start`` until ``energy(point) <= target``, the step cap, or a stuck point.
 
@@ -268,12 +278,19 @@ def train_to_target(
     ``extra_loss(params)`` is added to the training loss (e.g. constrained DSS's spring), and
     ``project(params)`` moves the parameters in place before the first step and after every step (the
     proximal pull is towards the projected start).
+    ``perturb(params, step)`` returns the parameters the training loss sees at ``step`` (differentiably; e.g.
+    a dropout mask drawn for that step); the energy checks see the parameters themselves. It is required
+    when ``config.dropout > 0`` (see :func:`modeconnect.kuditipudi.dropout.dropout_perturbation`).
 
     Only parameters are optimised. BatchNorm statistics a point carries (``buffer:`` keys, the
     INTERPOLATE policy) are updated by the training forward's running average (see
     :meth:`~modeconnect.energy.Energy.train_forward`); BatchNorm layers normalise with batch statistics.
     """
     energy.check_point(start, "the starting point")
+    if config.dropout and perturb is None:
+        raise ConfigError(f"dropout={config.dropout:g} needs the model's hidden units: pass perturb="
+                          "dropout_perturbation(...) (modeconnect.kuditipudi.dropout); from the command line only "
+                          "endpoint training takes --endpoint-dropout")
     params = {k: v.detach().clone().requires_grad_(True) for k, v in start.items() if not is_buffer_key(k)}
     buffers = {k: v.detach().clone() for k, v in start.items() if is_buffer_key(k)}
     if hyperplane_normal is not None:
@@ -317,7 +334,8 @@ def train_to_target(
         while step < until:
             x, y = batches.next()
             optimizer.zero_grad(set_to_none=True)
-            outputs = energy.train_forward(params | buffers, x)
+            seen = params if perturb is None else perturb(params, step)
+            outputs = energy.train_forward(seen | buffers, x)
             loss = metric_sum(objective.loss, outputs, y) / metric_count(objective.loss, y)
             if config.proximal:
                 loss = loss + 0.5 * config.proximal * sum(torch.sum((p - origin[k]) ** 2) for k, p in params.items())

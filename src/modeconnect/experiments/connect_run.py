@@ -114,7 +114,10 @@ class ConnectRunConfig:
                 raise ConfigError(f"{name} must be a mapping of setting names to values, got {type(value).__name__}")
             object.__setattr__(self, name, dict(value))
         # validate every override against its schema now, not when the run reaches it
-        apply_overrides(cls.Config(), self.method_settings)
+        method_config = apply_overrides(cls.Config(), self.method_settings)
+        if getattr(getattr(method_config, "bead_training", None), "dropout", 0):
+            raise ConfigError("dropout trains endpoints only (--endpoint-dropout): a bead must reach the level as a "
+                              "whole network, so --bead-dropout must stay 0")
         apply_overrides(TrainConfig(), self.endpoint_training)
         apply_overrides(CertifyConfig(), self.certify)
         apply_overrides(ProofConfig(), self.proof)
@@ -181,9 +184,17 @@ def train_endpoint(task: Task, which: str, seed: int, target: float, config: Tra
                    say: Callable[[str], None]) -> Point:
     """Train endpoint ``which`` of ``task`` from ``seed`` to ``target``, or raise EndpointTrainingError."""
     say(f"training endpoint {which.upper()} (seed {seed}) to energy <= {target:.4g}")
-    start = task.energy.point_of(task.make_model(seed))  # parameters (+ state the energy's policy carries)
+    model = task.make_model(seed)
+    start = task.energy.point_of(model)  # parameters (+ state the energy's policy carries)
+    perturb = None
+    if config.dropout:
+        from ..kuditipudi.dropout import dropout_perturbation
+        from ..kuditipudi.units import hidden_units
+
+        perturb = dropout_perturbation(hidden_units(model), config.dropout, seed)
+        say(f"endpoint {which.upper()} is trained with unit dropout p={config.dropout:g} (a fresh mask per step)")
     point, status = train_to_target(start, energy=task.energy, objective=task.objective, target=target,
-                                    config=config, seed=seed)
+                                    config=config, seed=seed, perturb=perturb)
     if not status.reached:
         raise EndpointTrainingError(
             f"endpoint {which.upper()} reached energy {status.final_energy:.4g} after {status.steps} steps "

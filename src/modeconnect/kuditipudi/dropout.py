@@ -40,7 +40,7 @@ from ..errors import ConfigError, StoreError
 from .units import UnitSpec, scale_outgoing, zero_outgoing, zero_units
 
 __all__ = ["Mask", "DropoutConfig", "DropoutReport", "keep_count", "sample_masks", "apply_dropout",
-           "dropout_stability", "save_dropout", "load_dropout", "MASKS_FILE", "REPORT_FILE"]
+           "dropout_perturbation", "dropout_stability", "save_dropout", "load_dropout", "MASKS_FILE", "REPORT_FILE"]
 
 Mask = dict[str, Tensor]
 """Layer name -> bool tensor ``[h]``, True for kept units."""
@@ -125,6 +125,31 @@ def apply_dropout(point: Mapping[str, Tensor], spec: UnitSpec, mask: Mask, r: fl
         if zero_incoming:
             out = zero_units(out, layer, ~kept)
     return out
+
+
+def dropout_perturbation(spec: UnitSpec, p: float, seed: int, *, rescale: float | None = None
+                         ) -> Callable[[dict[str, Tensor], int], dict[str, Tensor]]:
+    """``perturb(params, step)`` for :func:`~modeconnect.train.train_to_target`: the network with a fresh mask
+    for each step (exactly floor(h (1 - p)) kept units per hidden layer, outgoing weights of kept units scaled
+    by ``rescale``, default 1 / (1 - p)), drawn from ``(seed, step)`` so a run is reproducible. Differentiable:
+    gradients reach the kept units' weights only.
+
+    >>> from torch import nn
+    >>> from modeconnect.kuditipudi.units import hidden_units
+    >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    >>> params = dict(net.named_parameters())
+    >>> dropped = dropout_perturbation(hidden_units(net), 0.5, seed=0)(params, 7)
+    >>> int((dropped["2.weight"] != 0).sum())  # 2 of the 4 hidden units reach the output
+    2
+    """
+    _check_keep(spec, p)
+    r = 1.0 / (1.0 - p) if rescale is None else float(rescale)
+
+    def perturb(params: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        mask = sample_masks(spec, p, 1, seed=(int(seed) * 1_000_003 + int(step)) % (2**63 - 1))[0]
+        return apply_dropout(params, spec, mask, r)
+
+    return perturb
 
 
 def _summary(values: Sequence[float]) -> dict[str, Any]:
