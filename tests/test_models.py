@@ -114,3 +114,18 @@ def test_image_mlp_has_the_alignment_literatures_shape_and_refuses_bad_sizes():
     assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
     with pytest.raises(ConfigError, match="width=0"):
         image_mlp(width=0)
+
+
+def test_vgg_small_shapes_units_and_bad_widths():
+    import torch
+
+    from modeconnect.errors import ConfigError
+    from modeconnect.kuditipudi.units import hidden_units
+    from modeconnect.models import vgg_small
+
+    net = vgg_small((2, 3, 4, 4, 5))
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert all(m.bias is None for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    assert hidden_units(net).sizes == [2, 3, 4, 4, 5]  # every conv channel is a hidden unit
+    with pytest.raises(ConfigError, match="5 positive channel counts"):
+        vgg_small((2, 3))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from .convnets import cifar_convnet, kuditipudi_convnet, mnist_convnet
 from .lstm import LSTM, LSTMLanguageModel, init_uniform_
 from .mlp import image_mlp
+from .vgg import vgg_small
 
-__all__ = ["mnist_convnet", "cifar_convnet", "kuditipudi_convnet", "image_mlp", "LSTM", "LSTMLanguageModel",
-           "init_uniform_"]
+__all__ = ["mnist_convnet", "cifar_convnet", "kuditipudi_convnet", "image_mlp", "vgg_small", "LSTM",
+           "LSTMLanguageModel", "init_uniform_"]

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from ..errors import ConfigError
 from .base import Task
-from .cifar import cifar10_task
+from .cifar import cifar10_task, cifar10_vgg_task
 from .controls import convex_task, permutation_task
 from .kuditipudi_disconnected import kuditipudi_disconnected_task
 from .mnist import mnist_kuditipudi_task, mnist_mlp_task, mnist_task
@@ -26,6 +26,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "mnist-kuditipudi": mnist_kuditipudi_task,
     "mnist-mlp": mnist_mlp_task,
     "cifar10": cifar10_task,
+    "cifar10-vgg": cifar10_vgg_task,
     "ptb": ptb_task,
 }
 

@@ -27,13 +27,14 @@ from torch import Tensor, nn
 
 from ..batchnorm import BatchNormPolicy, as_policy
 from ..energy import Energy
-from ..models import cifar_convnet
+from ..errors import ConfigError
+from ..models import cifar_convnet, vgg_small
 from ..train import Objective, TrainConfig
 from ._init import build_without_global_rng, seeded
 from ._subsets import select
 from .base import Task
 
-__all__ = ["cifar10_task", "CIFAR10_MEAN", "CIFAR10_STD"]
+__all__ = ["cifar10_task", "cifar10_vgg_task", "CIFAR10_MEAN", "CIFAR10_STD"]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 """Per-channel (R, G, B) mean of the CIFAR-10 training pixels after scaling to [0, 1]."""
@@ -92,5 +93,44 @@ def cifar10_task(*, data_dir: str | os.PathLike | None = None, conv1: int = 16, 
                  "batchnorm": None if policy is None else policy.value,
                  "bn_batches": bn_batches if policy is BatchNormPolicy.RECOMPUTE else None,
                  "bn_batch_size": bn_batch_size if policy is BatchNormPolicy.RECOMPUTE else None,
+                 "normalization": {"mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD)}},
+    )
+
+
+def cifar10_vgg_task(*, data_dir: str | os.PathLike | None = None, width: int | None = None, n_eval: int | None = 500,
+                     n_train: int | None = None, selection: str = "first", data_seed: int = 0) -> Task:
+    """CIFAR-10 with :func:`~modeconnect.models.vgg_small` (Kuditipudi et al.'s Figure 3 at CPU scale; VGG-11 there).
+
+    ``width`` scales every layer: channels ``width * (1, 2, 4, 4, 4)`` (default 16: 16, 32, 64, 64, 64). Train
+    the endpoints with channel-wise dropout as the paper does with ``--endpoint-dropout P``."""
+    from .datasets import load_cifar10
+
+    base = 16 if width is None else width
+    if isinstance(base, bool) or not isinstance(base, int) or base < 1:
+        raise ConfigError(f"cifar10-vgg: width must be a positive integer, got {width!r}")
+    widths = tuple(base * k for k in (1, 2, 4, 4, 4))
+    x_train, y_train = load_cifar10(data_dir, "train")
+    x_test, y_test = load_cifar10(data_dir, "test")
+    train_idx, train_desc = select(len(x_train), n_train, selection, data_seed, "n_train")
+    eval_idx, eval_desc = select(len(x_test), n_eval, selection, data_seed + 1, "n_eval")
+
+    def build() -> nn.Module:
+        return vgg_small(widths)
+
+    energy = Energy(build_without_global_rng(build), normalize_cifar(x_test[eval_idx]), y_test[eval_idx], "error_rate",
+                    strategy="loop", sample_batch_size=500, split="test", selection=eval_desc)
+    return Task(
+        name="cifar10-vgg",
+        description=f"CIFAR-10, bias-free VGG-style convnet conv3x3 {'/'.join(map(str, widths))}, energy = test "
+                    f"error % ({eval_desc} test images), trained with cross-entropy on {train_desc}",
+        make_model=lambda seed: seeded(build, seed),
+        objective=Objective(normalize_cifar(x_train[train_idx]), y_train[train_idx], "cross_entropy"),
+        energy=energy, default_threshold=55.0, certify_resolution=1e-2,
+        endpoint_training=TrainConfig(optimizer="adam", lr=1e-3, batch_size=64, check_every=100, max_steps=5000),
+        bead_training=TrainConfig(optimizer="adam", lr=1e-3, batch_size=64, check_every=25, dense_checks=50,
+                                  max_steps=5000),
+        endpoint_fraction=0.9,
+        options={"widths": list(widths), "n_eval": n_eval, "n_train": n_train, "selection": selection,
+                 "data_seed": data_seed, "train_selection": train_desc,
                  "normalization": {"mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD)}},
     )
