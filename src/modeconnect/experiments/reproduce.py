@@ -77,6 +77,9 @@ REPRODUCTIONS: dict[str, Reproduction] = {r.name: r for r in (
     Reproduction("kuditipudi-fig2", "Kuditipudi et al. 2019, Figure 2 (MNIST)",
                  "dropout stability of a 3-layer convnet, the line to its dropout version, narrow nets",
                  _R + "kuditipudi_fig2", 12, needs_data=True),
+    Reproduction("kuditipudi-fig3", "Kuditipudi et al. 2019, Figure 3 (CIFAR-10 subset)",
+                 "noise stability of a dropout-trained VGG-style net; loss along the Theorem 3 path vs the line",
+                 _R + "kuditipudi_fig3", 15, needs_data=True),
 )}
 """Every reproduction, by name."""
 
