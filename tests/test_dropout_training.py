@@ -102,3 +102,17 @@ def test_cli_endpoint_dropout_is_recorded_and_bead_dropout_refused(tmp_path, cap
     assert main(["connect", "--task", "cubic", "--bead-dropout", "0.2", "--out", str(tmp_path / "bad")]) == 2
     assert "--bead-dropout must stay 0" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_min_steps_keeps_training_past_the_target():
+    net, energy, objective = _problem()
+    start = {k: v.detach().clone() for k, v in net.named_parameters()}
+    target = energy(start) * 2  # reached before the first step
+    _, early = train_to_target(start, energy=energy, objective=objective, target=target,
+                               config=TrainConfig(max_steps=100, check_every=10), seed=0)
+    assert early.reached and early.steps == 0
+    point, late = train_to_target(start, energy=energy, objective=objective, target=target,
+                                  config=TrainConfig(max_steps=100, check_every=10, min_steps=40), seed=0)
+    assert late.reached and late.steps == 40 and late.final_energy == energy(point)
+    with pytest.raises(ConfigError, match="min_steps must be between 0 and max_steps=10"):
+        TrainConfig(max_steps=10, min_steps=11)

@@ -200,10 +200,12 @@ def test_config_validation(kwargs, message):
 
 def test_config_to_dict():
     # dense_checks, proximal and stall_steps came with the bead-geometry work; their defaults keep the old
-    # behaviour (checks every check_every, no pull, training to the step cap)
+    # behaviour (checks every check_every, no pull, training to the step cap); so do min_steps and dropout
+    # (stop at the target, train the whole network)
     d = TrainConfig(optimizer="rmsprop", lr=0.5, batch_size=4).to_dict()
     assert d == {"optimizer": "rmsprop", "lr": 0.5, "batch_size": 4, "check_every": 25, "max_steps": 5000,
-                 "momentum": 0.0, "dense_checks": 0, "proximal": 0.0, "stall_steps": 0}
+                 "momentum": 0.0, "dense_checks": 0, "proximal": 0.0, "stall_steps": 0, "min_steps": 0,
+                 "dropout": 0.0}
 
 
 def test_objective_validation():

@@ -103,6 +103,9 @@ class TrainConfig:
     stall_steps: int = 0
     """Stop with reason 'stalled' when the energy closed less than 1% of its gap to the target over this
     many steps (an asymptote or plateau short of the target); 0: never, train to the step cap."""
+    min_steps: int = 0
+    """Train at least this many steps even when the target is reached earlier (with dropout the dropped-out
+    networks keep improving long after the whole network reaches its target). 0: stop at the target."""
     dropout: float = 0.0
     """Unit dropout during training (Kuditipudi et al.'s dropout stability, Definition 1): every step trains a
     network that keeps exactly floor(h * (1 - dropout)) hidden units of every layer (Linear outputs, Conv2d
@@ -132,6 +135,8 @@ class TrainConfig:
             raise ConfigError(f"proximal must be a finite number >= 0 (0 turns the pull off), got {self.proximal}")
         if self.stall_steps < 0:
             raise ConfigError(f"stall_steps must be >= 0 (0: never stop early), got {self.stall_steps}")
+        if not 0 <= self.min_steps <= self.max_steps:
+            raise ConfigError(f"min_steps must be between 0 and max_steps={self.max_steps}, got {self.min_steps}")
         if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             raise ConfigError(f"dropout must be in [0, 1) (the fraction of hidden units dropped per step), "
                               f"got {self.dropout!r}")
@@ -313,7 +318,7 @@ def train_to_target(
     best, best_step = value, 0  # the last energy that counted as progress, and when
     schedule = iter(check_steps(config))
     while True:
-        if value <= target:
+        if value <= target and step >= config.min_steps:
             reason = StopReason.REACHED
             break
         if not math.isfinite(value):
