@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -85,6 +86,10 @@ def two_node_cluster(tmp_path):
     finally:
         for process in reversed(nodes):
             _stop(process)
+        # `ray stop` would also forget the cluster's address; signalling the nodes leaves it behind
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if current.exists() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()
 
 
 def test_a_sweep_on_a_two_node_cluster_equals_the_local_one(two_node_cluster, tmp_path):

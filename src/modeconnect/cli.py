@@ -53,6 +53,24 @@ def _use_data_dir(args: argparse.Namespace) -> None:
         os.environ[DATA_ENV_VAR] = os.path.abspath(data_dir)
 
 
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", metavar="cpu|cuda|auto",
+                        help="where endpoints are trained and paths found and certified: cpu, cuda (cuda:N) or auto "
+                             "(a GPU when one is visible); default: $MODECONNECT_DEVICE, else cpu. Not part of a "
+                             "run's identity: a run resumes on any device")
+
+
+def _use_device(args: argparse.Namespace) -> None:
+    # checked now (a missing GPU is a one-line error before any work) and handed to worker processes like
+    # the data directory
+    device = getattr(args, "device", None)
+    if device is not None:
+        from .device import DEVICE_ENV_VAR, resolve_device
+
+        resolve_device(device)
+        os.environ[DEVICE_ENV_VAR] = device
+
+
 def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     """The parser; ``connect`` and ``sweep`` carry the flags of ``method`` (default: the default method)."""
     from .methods import DEFAULT_METHOD
@@ -69,6 +87,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     connect.add_argument("--out", metavar="DIR", help="run directory (config, env, endpoints, path, result); "
                          "re-running the same command on it resumes")
     _add_data_dir(connect)
+    _add_device(connect)
     connect.add_argument("--quiet", action="store_true", help="no progress lines")
     connect.add_argument("--json", action="store_true", help="print the result as JSON instead of a summary")
     sweep = sub.add_parser(
@@ -90,6 +109,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
                        help="torch threads per worker (default: this machine's CPUs / workers)")
     sweep.add_argument("--out", metavar="DIR", required=True, help="sweep directory")
     _add_data_dir(sweep)
+    _add_device(sweep)
     sweep.add_argument("--no-figures", action="store_true", help="write the table only")
     sweep.add_argument("--quiet", action="store_true", help="no progress lines")
     compare = sub.add_parser(
@@ -118,6 +138,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
                          help="torch threads per worker (default: this machine's CPUs / workers)")
     compare.add_argument("--out", metavar="DIR", required=True, help="comparison directory")
     _add_data_dir(compare)
+    _add_device(compare)
     compare.add_argument("--no-figures", action="store_true", help="write the table only")
     compare.add_argument("--quiet", action="store_true", help="no progress lines")
     plot = sub.add_parser("plot", help="draw the figures of a sweep or run directory",
@@ -431,6 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(method_from_argv(argv)).parse_args(argv)
     try:
         _use_data_dir(args)
+        _use_device(args)
         return _COMMANDS[args.command](args)
     except ModeconnectError as exc:
         print(f"modeconnect: error: {exc}", file=sys.stderr)

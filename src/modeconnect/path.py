@@ -185,6 +185,18 @@ class Path:
         pieces = [p if isinstance(p, Straight) else Bezier([clone(c) for c in p.controls]) for p in self.pieces]
         return Path([clone(b) for b in self.beads], pieces, dict(self.metadata))
 
+    def to(self, device: torch.device | str) -> Path:
+        """This path with every bead and control point on ``device`` (itself when they already are)."""
+        device = torch.device(device)
+        if all(v.device == device for b in self.beads for v in b.values()):
+            return self
+
+        def move(p: Mapping[str, Tensor]) -> Point:
+            return {k: v.to(device) for k, v in p.items()}
+
+        pieces = [p if isinstance(p, Straight) else Bezier([move(c) for c in p.controls]) for p in self.pieces]
+        return Path([move(b) for b in self.beads], pieces, dict(self.metadata))
+
     # -- points and energies -----------------------------------------------------------------
     @property
     def n_pieces(self) -> int:

@@ -26,6 +26,7 @@ import torch
 from ..align import as_align_method
 from ..certify import CertifyConfig
 from ..connect import align_endpoint, connect_path
+from ..device import default_device, describe_device, resolve_device
 from ..errors import ConfigError, ModeconnectError
 from ..methods import DEFAULT_METHOD, METHODS, get_method
 from ..params import Point
@@ -43,10 +44,10 @@ __all__ = ["ConnectRunConfig", "ResolvedRun", "EndpointTrainingError", "run_conn
 
 TIMING_FIELDS = frozenset({"wall_time_s", "certification_time_s", "method_time_s", "endpoint_time_s",
                            "bead_training_time_s", "segment_evaluation_time_s", "proof_time_s",
-                           "method_energy_evaluations"})
+                           "method_energy_evaluations", "device"})
 """Result fields that measure time or the last session's work (``method_energy_evaluations`` counts the
-energy evaluations of the session that finished the run): everything else in a result is a pure function
-of the config."""
+energy evaluations of the session that finished the run; ``device`` where that session ran): everything else
+in a result is a pure function of the config."""
 
 TASK_OPTIONS = ("activation", "data_seed", "n_eval", "n_train", "batchnorm", "width", "depth", "input_dim", "sigma")
 """Run settings handed to the task's factory."""
@@ -161,6 +162,8 @@ class ResolvedRun:
     certify: CertifyConfig
     proof: ProofConfig | None = None
     """The proof settings when the run proves its path (``prove``), else None."""
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    """Where the endpoints live and the path is found (not part of the run's identity)."""
 
     def notes(self) -> list[str]:
         """Sentences about settings that are valid but likely to make the run fail for a dull reason."""
@@ -181,11 +184,14 @@ class EndpointTrainingError(ModeconnectError):
 
 
 def train_endpoint(task: Task, which: str, seed: int, target: float, config: TrainConfig,
-                   say: Callable[[str], None]) -> Point:
-    """Train endpoint ``which`` of ``task`` from ``seed`` to ``target``, or raise EndpointTrainingError."""
+                   say: Callable[[str], None], device: torch.device | None = None) -> Point:
+    """Train endpoint ``which`` of ``task`` from ``seed`` to ``target`` (on ``device``, default the CPU), or raise
+    EndpointTrainingError. The initialisation is drawn on the CPU, so it is the same on every device."""
     say(f"training endpoint {which.upper()} (seed {seed}) to energy <= {target:.4g}")
     model = task.make_model(seed)
     start = task.energy.point_of(model)  # parameters (+ state the energy's policy carries)
+    if device is not None:
+        start = {k: v.to(device) for k, v in start.items()}
     perturb = None
     if config.dropout:
         from ..kuditipudi.dropout import dropout_perturbation
@@ -212,8 +218,13 @@ def run_connect(
     progress: Callable[[str], None] | None = None,
     after_checkpoint: Callable[[Path, Any], None] | None = None,
     endpoints_from: str | None = None,
+    device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Run (or resume, or read back) a connect experiment; returns the result record.
+
+    ``device``: where endpoints are trained and the path is found and certified (``"cpu"``, ``"cuda"``,
+    ``"auto"``; default ``$MODECONNECT_DEVICE`` or the CPU). Not part of the run's identity: a run resumes on
+    any device, and its files are the same.
 
     ``after_checkpoint`` is called after each saved checkpoint (used by tests to simulate interruption).
     ``endpoints_from``: a run directory (of the same task, threshold, seed and endpoint training) whose saved
@@ -222,6 +233,9 @@ def run_connect(
     """
     say = progress or (lambda message: None)
     run = config.resolve()
+    run = replace(run, device=resolve_device(device) if device is not None else default_device())
+    if run.device.type != "cpu":
+        say(f"device: {describe_device(run.device)}")
     for note in run.notes():
         say(f"note: {note}")
     with thread_limit(run.task.threads):
@@ -293,13 +307,14 @@ def _endpoints(run: ResolvedRun, store: RunDirectory | None, say: Callable[[str]
     for which in ("a", "b"):
         stored = store.endpoint(which, task.energy.template) if store is not None else None
         if stored is not None:
-            endpoints[which] = stored
+            endpoints[which] = {k: v.to(run.device) for k, v in stored.items()}
             continue
         if which == "b" and task.derive_endpoint_b is not None:
             endpoints["b"] = task.derive_endpoint_b(endpoints["a"])
             say("endpoint B: derived from endpoint A by the task (not trained)")
         else:
-            endpoints[which] = train_endpoint(task, which, seeds[which], target, run.endpoint_training, say)
+            endpoints[which] = train_endpoint(task, which, seeds[which], target, run.endpoint_training, say,
+                                              run.device)
         if store is not None:
             store.save_endpoint(which, endpoints[which])
     return endpoints
@@ -325,7 +340,7 @@ def _run(run: ResolvedRun, store: RunDirectory | None, say: Callable[[str], None
     if store is not None:
         saved = store.checkpoint(task.energy.template, endpoints)
         if saved is not None:
-            path, state = saved[0], _saved_state(saved[1], name, method, store)
+            path, state = saved[0].to(run.device), _saved_state(saved[1], name, method, store)
             say(f"resuming {name} with {path.n_beads} bead(s) already on the path")
     if path is None:
         path = Path([endpoints["a"], endpoints["b"]])
@@ -354,6 +369,7 @@ def _run(run: ResolvedRun, store: RunDirectory | None, say: Callable[[str], None
         "endpoint_target": task.endpoint_fraction * run.threshold,
         "energy": task.energy.describe(),
         "endpoint_time_s": endpoint_time,
+        "device": str(run.device),
     })
     if store is not None:
         store.save_result(result)

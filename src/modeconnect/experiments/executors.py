@@ -213,8 +213,8 @@ class RayExecutor(Executor):
         if self._owns:
             options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                        "configure_logging": False}
-            if address is None:
-                options["num_cpus"] = workers * threads
+            if address is None:  # always a private instance, never a cluster that happens to run here
+                options["address"], options["num_cpus"] = "local", workers * threads
             else:
                 options["address"] = address
             try:
