@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from .cli_components import ComponentsDirectory, add_components_parser, components_command, show_components
 from .cli_reproduce import add_reproduce_parser, reproduce_command
 from .cli_settings import (
     add_proof_flags,
@@ -178,6 +179,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     add_dropout_parser(sub, _add_data_dir)
     add_noise_parser(sub, _add_data_dir)
     add_reproduce_parser(sub, _add_data_dir)
+    add_components_parser(sub, _add_data_dir, method)
     show = sub.add_parser("show", help="print the result of a finished run or sweep directory")
     show.add_argument("dir", metavar="DIR")
     show.add_argument("--json", action="store_true", help="print the whole result as JSON")
@@ -387,6 +389,8 @@ def _show(args: argparse.Namespace) -> int:
         record = read_reproduction(args.dir)
         print(json.dumps(record, indent=2, sort_keys=True) if args.json else format_claims(record))
         return 0
+    if ComponentsDirectory.is_components(args.dir):
+        return show_components(args.dir, args.json)
     if CompareDirectory.is_comparison(args.dir):
         table = CompareDirectory.read_table(args.dir)
         print(json.dumps(table, indent=2, sort_keys=True) if args.json else format_comparison(table))
@@ -444,7 +448,7 @@ def _prove(args: argparse.Namespace) -> int:
 
 _COMMANDS = {"dropout": dropout_command, "noise-stability": noise_command,
              "prove": _prove, "connect": _connect, "sweep": _sweep, "compare": _compare, "plot": _plot, "show": _show,
-             "data": _data, "reproduce": _reproduce}
+             "data": _data, "reproduce": _reproduce, "components": components_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -78,6 +78,12 @@ def draw_directory(directory: str | FsPath, *, fmt: str = "png", html: bool = Tr
             for stem, figure in getattr(importlib.import_module(module), function)(record["results"]).items():
                 save(figure, stem)
         return written
+    from .experiments.components import ComponentsDirectory
+
+    if ComponentsDirectory.is_components(root):
+        for stem, figure in plots.components_figures(ComponentsDirectory.read_record(root)).items():
+            save(figure, stem)
+        return written
     if CompareDirectory.is_comparison(root):
         save(plots.compare_figure(read_json(root / TABLE_JSON), read_profiles(root)), "profiles")
         return written

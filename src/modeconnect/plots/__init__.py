@@ -7,6 +7,7 @@ matplotlib (and plotly, for :func:`save_string_html`) are optional: ``pip instal
 from __future__ import annotations
 
 from .compare import compare_figure
+from .components import components_figures as components_figures
 from .profile import profile_figure
 from .string import save_string_animation, save_string_html, snapshots_figure, string_figure
 from .sweep import sweep_figure
