@@ -12,6 +12,7 @@ from .kuditipudi_disconnected import kuditipudi_disconnected_task
 from .mnist import mnist_kuditipudi_task, mnist_mlp_task, mnist_task
 from .polynomial import polynomial_task
 from .ptb import ptb_task
+from .teacher_student import teacher_student_task
 
 __all__ = ["Task", "TASKS", "make_task", "polynomial_task", "convex_task", "permutation_task", "mnist_task",
            "mnist_kuditipudi_task", "mnist_mlp_task", "cifar10_task", "ptb_task"]
@@ -28,6 +29,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "cifar10": cifar10_task,
     "cifar10-vgg": cifar10_vgg_task,
     "ptb": ptb_task,
+    "teacher-student": teacher_student_task,
 }
 
 

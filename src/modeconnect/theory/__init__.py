@@ -1,0 +1,1 @@
+"""Theory: the papers' theorems made concrete and measurable."""
