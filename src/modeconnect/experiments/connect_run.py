@@ -140,6 +140,8 @@ class ConnectRunConfig:
         defaults = cls.Config()
         if hasattr(defaults, "bead_training"):  # methods that train points start from the task's bead training
             defaults = replace(defaults, bead_training=task.bead_training)
+        if hasattr(defaults, "narrow_training"):  # Theorem 3's narrow network is trained like the endpoints
+            defaults = replace(defaults, narrow_training=replace(task.endpoint_training, dropout=0.0))
         if hasattr(defaults, "seed"):
             defaults = replace(defaults, seed=self.seed)
         method_config = apply_overrides(defaults, self.method_settings)

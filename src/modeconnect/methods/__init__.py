@@ -14,6 +14,8 @@ from .constrained_dss import ConstrainedDSS
 from .curves import BezierCurve, PolyChain
 from .greedy_dss import DSSConfig, DSSState, GreedyDSS, Order, Reason, SegmentRecord, TStar, choose_tstar, greedy_dss
 from .kuditipudi_dropout import KuditipudiDropout
+from .kuditipudi_narrow import KuditipudiNarrow
+from .kuditipudi_noise import KuditipudiNoise
 from .neb import NEB
 from .string_evolution import StringEvolution
 
@@ -29,6 +31,8 @@ METHODS: dict[str, type] = {
     PolyChain.name: PolyChain,
     NEB.name: NEB,
     KuditipudiDropout.name: KuditipudiDropout,
+    KuditipudiNoise.name: KuditipudiNoise,
+    KuditipudiNarrow.name: KuditipudiNarrow,
 }
 """Every registered path method, by name."""
 
