@@ -47,7 +47,7 @@ from .kuditipudi_common import (ConstructionState, choose_slots, embed_tower, ev
                                 merge_equal, move_tower, rows_from, stopped, straight_line, top_from,
                                 zero_rows_except)
 from .kuditipudi_dropout import Step
-from .kuditipudi_noise import check_common, draw_extras, endpoint_draws, not_stable_message
+from .kuditipudi_noise import check_common, draw_extras, endpoint_draws, keeps_every_layer, not_stable_message
 
 __all__ = ["NarrowConfig", "KuditipudiNarrow", "theorem3_path", "narrow_slots", "narrow_widths", "narrow_masks",
            "train_narrow"]
@@ -61,8 +61,8 @@ class NarrowConfig:
     """Algorithm 1's drop probability (the paper's MNIST experiment: 0.2; Theorem 3 asks
     1.5 max_i h*/h_i <= p <= 3/4)."""
     narrow_width: int | None = None
-    """h*, the width of every hidden layer of theta* (None: max(1, floor(p * h_min / 1.5)), the largest width the
-    theorem's condition allows; capped at each layer's width)."""
+    """h*, the width of every hidden layer of theta*, capped at each layer's width (None: per layer i the largest
+    width Theorem 3's condition p >= 1.5 h*_i / h_i allows, max(1, floor(p h_i / 1.5)))."""
     narrow_level: float = 1.0
     """theta* is trained until its energy is <= narrow_level * L0 (it is on the path: it must be inside the level)."""
     narrow_training: TrainConfig = field(default_factory=TrainConfig, metadata={"flag_prefix": "narrow"})
@@ -104,10 +104,11 @@ class NarrowConfig:
 
 
 def narrow_widths(spec: UnitSpec, config: NarrowConfig) -> list[int]:
-    h = config.narrow_width
-    if h is None:
-        h = max(1, int(math.floor(config.p * min(spec.sizes) / 1.5 + 1e-9)))
-    return [min(h, size) for size in spec.sizes]
+    """h*_i per hidden layer: ``narrow_width`` capped at each layer's width, or by default the largest width
+    Theorem 3's condition ``p >= 1.5 h*_i / h_i`` allows, ``max(1, floor(p h_i / 1.5))``."""
+    if config.narrow_width is not None:
+        return [min(config.narrow_width, size) for size in spec.sizes]
+    return [max(1, int(math.floor(config.p * size / 1.5 + 1e-9))) for size in spec.sizes]
 
 
 # -- theta* -------------------------------------------------------------------------------------
@@ -289,7 +290,7 @@ class KuditipudiNarrow:
             say(f"straight segment A-B: max energy {extras['straight_line_max_energy']:.4g}")
 
         def enough(mask) -> bool:
-            return all(len(d) >= w for d, w in zip(dropped_sets(spec, mask), widths))
+            return keeps_every_layer(mask) and all(len(d) >= w for d, w in zip(dropped_sets(spec, mask), widths))
 
         found = {w: endpoint_draws(w, pt, energy, spec, p=config.p, r=config.r, draws=config.draws, seed=config.seed,
                                    ts=ts, say=say, accept=enough) for w, pt in (("a", a), ("b", b))}
@@ -298,6 +299,14 @@ class KuditipudiNarrow:
             extras[f"lemma3_{w}"]["draws_too_few_dropped"] = config.draws - len(found[w])
         stable = {w: sorted((d for d in found[w] if d.max_energy <= threshold),
                             key=lambda d: (d.max_energy, d.end_energy)) for w in ("a", "b")}
+        empty = [w for w in ("a", "b") if not found[w]]
+        if empty:
+            message = (f"too few dropped units at p={config.p:g}: none of the {config.draws} Algorithm 1 draws of "
+                       f"endpoint(s) {', '.join(w.upper() for w in empty)} drops h* = {widths} units (and keeps at "
+                       f"least one) in every hidden layer (of {spec.sizes}); raise p or lower --narrow-width")
+            say(message)
+            return finish(*stopped(start, "too_few_dropped", message, extras, clock=clock, elapsed=state.elapsed_s),
+                          state, checkpoint)
         bad = [w for w in ("a", "b") if not stable[w]]
         if bad:
             parts = []

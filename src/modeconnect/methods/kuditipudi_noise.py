@@ -145,6 +145,11 @@ def theorem2_path(a: Point, b: Point, spec: UnitSpec, a1: Point, b1: Point, mask
     return beads, steps
 
 
+def keeps_every_layer(mask) -> bool:
+    """A draw that drops every unit of a layer leaves a constant network: not a dropout version worth using."""
+    return all(bool(torch.as_tensor(m).any()) for m in mask.values())
+
+
 def endpoint_draws(which: str, point: Point, energy: Energy, spec: UnitSpec, *, p: float, r: float, draws: int,
                    seed: int, ts: torch.Tensor, say, accept=None) -> list[Lemma3Draw]:
     return lemma3_draws(point, energy, spec, p=p, r=r, draws=draws, seed=derive_seed(seed, "algorithm1", which),
@@ -196,9 +201,17 @@ class KuditipudiNoise:
             extras.update(straight_line(energy, a, b, ts))
             say(f"straight segment A-B: max energy {extras['straight_line_max_energy']:.4g}")
         found = {w: endpoint_draws(w, pt, energy, spec, p=config.p, r=config.r, draws=config.draws, seed=config.seed,
-                                   ts=ts, say=say) for w, pt in (("a", a), ("b", b))}
+                                   ts=ts, say=say, accept=keeps_every_layer) for w, pt in (("a", a), ("b", b))}
         for w in ("a", "b"):
             extras[f"lemma3_{w}"] = draw_extras(spec, found[w], threshold)
+        empty = [w for w in ("a", "b") if not found[w]]
+        if empty:
+            message = (f"no usable Algorithm 1 draw at p={config.p:g}: every one of the {config.draws} draws of "
+                       f"endpoint(s) {', '.join(w.upper() for w in empty)} drops all units of some hidden layer "
+                       f"(of {spec.sizes}); lower p or draw more (--draws)")
+            say(message)
+            return finish(*stopped(start, "no_usable_draw", message, extras, clock=clock, elapsed=state.elapsed_s),
+                          state, checkpoint)
         stable = {w: sorted((d for d in found[w] if d.max_energy <= threshold),
                             key=lambda d: (d.max_energy, d.end_energy)) for w in ("a", "b")}
         ends = {"a": energy(a), "b": energy(b)}

@@ -57,6 +57,8 @@ def fig3_figures(results: dict[str, Any]) -> dict[str, Any]:
     loss_ax, acc_ax = paths.subplots(1, 2)
     direct = results["direct"]
     theorem3 = results.get("theorem3")
+    if theorem3 and "s" not in theorem3:  # the method ran but built no path (its reason is in the claims)
+        theorem3 = None
     span = theorem3["n_pieces"] if theorem3 else 1
     scale = [s * span for s in direct["s"]]  # direct interpolation drawn over the same horizontal range
     loss_ax.plot(scale, direct["loss"], "--", label="direct interpolation")

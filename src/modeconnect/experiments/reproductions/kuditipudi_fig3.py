@@ -33,10 +33,10 @@ FIGURE = "modeconnect.plots.repro_kuditipudi:fig3_figures"
 
 FULL = {"width": 8, "n_train": 5000, "n_eval": 1000, "max_steps": 3000, "dropout": 0.25, "noise_samples": 32,
         "power_iterations": 100, "dropout_draws": 4, "path_samples": 1000, "points_per_piece": 9, "line_points": 33,
-        "narrow_steps": 3000}
+        "narrow_steps": 3000, "draws": 8, "grid_size": 9}
 QUICK = {"width": 2, "n_train": 256, "n_eval": 100, "max_steps": 30, "dropout": 0.25, "noise_samples": 4,
          "power_iterations": 10, "dropout_draws": 2, "path_samples": 128, "points_per_piece": 3, "line_points": 5,
-         "narrow_steps": 30}
+         "narrow_steps": 30, "draws": 2, "grid_size": 3}
 NARROW_METHOD = "kuditipudi_narrow"
 
 
@@ -108,17 +108,29 @@ def run(out: FsPath, *, quick: bool, progress: Callable[[str], None]) -> dict[st
         from ...connect import connect
 
         threshold = max(task.energy(a), task.energy(b)) * 1.5
+        narrow = TrainConfig(optimizer="adam", lr=1e-3, batch_size=64, check_every=250,
+                             max_steps=settings["narrow_steps"])
         connection = connect(a, b, task.energy, threshold=threshold, method=NARROW_METHOD, objective=task.objective,
-                             certify_path=False, progress=progress)
-        path = connection.path
-        return {**_profile(loss, error, path, settings["points_per_piece"]), "n_pieces": path.n_pieces,
-                "reason": connection.outcome.reason, "message": connection.outcome.message}
+                             certify_path=False, progress=progress, p=settings["dropout"], draws=settings["draws"],
+                             grid_size=settings["grid_size"], narrow_training=narrow, seed=0)
+        outcome = connection.outcome
+        extras = outcome.extras
+        built = outcome.reason in ("connected", "barrier_above_threshold")  # else: no path was constructed
+        record = {"n_pieces": connection.path.n_pieces, "reason": outcome.reason, "message": outcome.message,
+                  "constructed": built, "threshold": threshold,
+                  **{k: extras.get(k) for k in ("p", "narrow_width", "paper_condition_holds", "n_segments",
+                                                "max_interpolated_energy", "endpoint_max_energy", "path_barrier",
+                                                "measured_slack", "within_slack", "straight_line_max_energy",
+                                                "straight_line_barrier", "waypoint_energies")},
+                  "narrow": {k: v for k, v in (extras.get("narrow") or {}).items() if k != "training"}}
+        if built:
+            record.update(_profile(loss, error, connection.path, settings["points_per_piece"]))
+        return record
 
     path = None
     if NARROW_METHOD in METHODS:
-        path = cache.get_or_compute(f"theorem3-{tag}-{settings['points_per_piece']}", theorem3)
-        progress(f"Theorem 3 path ({path['n_pieces']} pieces): max loss {max(path['loss']):.3f}, "
-                 f"min accuracy {min(path['accuracy']):.1f}%")
+        path = cache.get_or_compute(f"theorem3-{tag}-p{settings['dropout']}-{settings['points_per_piece']}", theorem3)
+        progress(f"Theorem 3 path: {path['message']}")
     overall = noise.get("overall", {})
     ends = max(direct["loss"][0], direct["loss"][-1])
     claims = [claim("direct interpolation between two dropout-trained nets has a loss barrier (its maximum exceeds "
@@ -128,6 +140,9 @@ def run(out: FsPath, *, quick: bool, progress: Callable[[str], None]) -> dict[st
     if path is None:
         claims.append(claim("the Theorem 3 path keeps the training loss well below direct interpolation's maximum",
                             False, f"method {NARROW_METHOD!r} is not registered in this version"))
+    elif not path["constructed"]:
+        claims.append(claim("the Theorem 3 path keeps the training loss well below direct interpolation's maximum",
+                            False, f"no path was constructed ({path['reason']}): {path['message']}"))
     else:
         claims.append(claim("the Theorem 3 path keeps the training loss well below direct interpolation's maximum "
                             "(its maximum is at most half of it)", max(path["loss"]) <= 0.5 * max(direct["loss"]),
