@@ -108,8 +108,9 @@ def run(out: FsPath, *, quick: bool, progress: Callable[[str], None]) -> dict[st
         from ...connect import connect
 
         threshold = max(task.energy(a), task.energy(b)) * 1.5
+        # theta* gets its whole budget (min_steps): stopping at the level would leave it just inside it
         narrow = TrainConfig(optimizer="adam", lr=1e-3, batch_size=64, check_every=250,
-                             max_steps=settings["narrow_steps"])
+                             max_steps=settings["narrow_steps"], min_steps=settings["narrow_steps"])
         connection = connect(a, b, task.energy, threshold=threshold, method=NARROW_METHOD, objective=task.objective,
                              certify_path=False, progress=progress, p=settings["dropout"], draws=settings["draws"],
                              grid_size=settings["grid_size"], narrow_training=narrow, seed=0)
@@ -129,7 +130,7 @@ def run(out: FsPath, *, quick: bool, progress: Callable[[str], None]) -> dict[st
 
     path = None
     if NARROW_METHOD in METHODS:
-        path = cache.get_or_compute(f"theorem3-{tag}-p{settings['dropout']}-{settings['points_per_piece']}", theorem3)
+        path = cache.get_or_compute(f"theorem3-{tag}-p{settings['dropout']}-n{settings['narrow_steps']}-{settings['points_per_piece']}", theorem3)
         progress(f"Theorem 3 path: {path['message']}")
     overall = noise.get("overall", {})
     ends = max(direct["loss"][0], direct["loss"][-1])
