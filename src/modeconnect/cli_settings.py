@@ -75,7 +75,7 @@ def _group_specs(method: str) -> list[tuple[str, SettingSpec]]:
 
 
 def _task_default_note(group: str, spec: SettingSpec) -> str | None:
-    if group == "method" and spec.path[0] == "bead_training":
+    if group == "method" and spec.path[0] in ("bead_training", "narrow_training"):
         return "the task's own"
     if group == "endpoint":
         return "the task's own"
