@@ -15,8 +15,15 @@ from modeconnect.cli import main
 from modeconnect.errors import ConfigError
 from modeconnect.kuditipudi.lemma3 import algorithm1_masks, algorithm1_point, dropped_sets
 from modeconnect.kuditipudi.units import hidden_units
-from modeconnect.methods.kuditipudi_narrow import (NarrowConfig, narrow_masks, narrow_slots, narrow_start,
-                                                   narrow_widths, theorem3_path, train_narrow)
+from modeconnect.methods.kuditipudi_narrow import (
+    NarrowConfig,
+    narrow_masks,
+    narrow_slots,
+    narrow_start,
+    narrow_widths,
+    theorem3_path,
+    train_narrow,
+)
 from modeconnect.params import point_from_module
 from modeconnect.train import TrainConfig
 

@@ -106,7 +106,8 @@ def test_not_noise_stable_returns_the_plain_segment_with_a_reason(pair):
     result = connect(a, b, energy, threshold=level, method="kuditipudi_noise", draws=3, grid_size=9)
     assert result.outcome.reason == "not_noise_stable" and not result.outcome.connected
     assert result.path.n_pieces == 1 and "Algorithm 1 draws at p=0.75" in result.outcome.message
-    assert result.outcome.extras["lemma3_a"]["draws_stable"] == 0 or result.outcome.extras["lemma3_b"]["draws_stable"] == 0
+    extras = result.outcome.extras
+    assert extras["lemma3_a"]["draws_stable"] == 0 or extras["lemma3_b"]["draws_stable"] == 0
 
 
 def test_small_p_leaves_no_room(pair):

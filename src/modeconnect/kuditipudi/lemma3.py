@@ -33,7 +33,8 @@ from .dropout import Mask, apply_dropout
 from .noise import algorithm1_dropout
 from .units import UnitSpec
 
-__all__ = ["algorithm1_masks", "algorithm1_point", "Lemma3Draw", "lemma3_draws", "kept_sets", "dropped_sets", "best_draw"]
+__all__ = ["algorithm1_masks", "algorithm1_point", "Lemma3Draw", "lemma3_draws", "kept_sets",
+           "dropped_sets", "best_draw"]
 
 
 def algorithm1_masks(spec: UnitSpec, p: float, draws: int, seed: int) -> list[Mask]:

@@ -158,7 +158,8 @@ def finish_outcome(records: list[dict[str, Any]], extras: dict[str, Any], *, thr
         parts[rec["part"]] = parts.get(rec["part"], 0) + 1
     extras.update(segments=records, n_segments=len(records), part_segments=parts, max_interpolated_energy=vmax,
                   endpoint_max_energy=ends, path_barrier=vmax - ends, waypoint_energies=dict(waypoints),
-                  measured_slack=slack, within_slack=vmax <= ends + slack + 1e-6 * max(1.0, abs(ends + slack)),  # rounding between batchings
+                  measured_slack=slack,  # within_slack allows the rounding between two batchings of one point:
+                  within_slack=vmax <= ends + slack + 1e-6 * max(1.0, abs(ends + slack)),
                   every_segment_within_bound=all(r["within_bound"] is not False for r in records))
     connected = vmax <= accept
     where = f"segment {worst} ({records[worst]['part']} {records[worst]['step']})"

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -43,9 +43,21 @@ from ..seeding import derive_seed
 from ..settings import to_dict
 from ..train import Objective, TrainConfig, train_to_target
 from .base import Checkpoint, Outcome, Progress
-from .kuditipudi_common import (ConstructionState, choose_slots, embed_tower, evaluate_steps, finish, finish_outcome,
-                                merge_equal, move_tower, rows_from, stopped, straight_line, top_from,
-                                zero_rows_except)
+from .kuditipudi_common import (
+    ConstructionState,
+    choose_slots,
+    embed_tower,
+    evaluate_steps,
+    finish,
+    finish_outcome,
+    merge_equal,
+    move_tower,
+    rows_from,
+    stopped,
+    straight_line,
+    top_from,
+    zero_rows_except,
+)
 from .kuditipudi_dropout import Step
 from .kuditipudi_noise import check_common, draw_extras, endpoint_draws, keeps_every_layer, not_stable_message
 

@@ -39,9 +39,20 @@ from ..path import Path
 from ..seeding import derive_seed
 from ..train import Objective
 from .base import Checkpoint, Outcome, Progress
-from .kuditipudi_common import (ConstructionState, choose_slots, evaluate_steps, finish, finish_outcome,
-                                merge_equal, move_tower, rows_from, stopped, straight_line, top_from,
-                                zero_rows_except)
+from .kuditipudi_common import (
+    ConstructionState,
+    choose_slots,
+    evaluate_steps,
+    finish,
+    finish_outcome,
+    merge_equal,
+    move_tower,
+    rows_from,
+    stopped,
+    straight_line,
+    top_from,
+    zero_rows_except,
+)
 from .kuditipudi_dropout import Step
 
 __all__ = ["NoiseConfig", "KuditipudiNoise", "theorem2_path", "lemma3_path", "lemma2_room"]
@@ -227,9 +238,9 @@ class KuditipudiNoise:
         chosen = next(((da, db) for da, db in pairs
                        if lemma2_room(spec, kept_sets(spec, da.mask), kept_sets(spec, db.mask)) is not None), None)
         if chosen is None:
-            message = (f"no room for Lemma 2 at p={config.p:g}: for none of the {len(pairs)} stable draw pairs do A_1's "
-                       "kept units fit beside both networks' kept units (|S u K| + |S| <= h in every hidden layer); "
-                       "raise p")
+            message = (f"no room for Lemma 2 at p={config.p:g}: for none of the {len(pairs)} stable draw pairs do "
+                       "A_1's kept units fit beside both networks' kept units (|S u K| + |S| <= h in every hidden "
+                       "layer); raise p")
             say(message)
             return finish(*stopped(start, "no_room", message, extras, clock=clock, elapsed=state.elapsed_s),
                           state, checkpoint)

@@ -130,7 +130,8 @@ def run(out: FsPath, *, quick: bool, progress: Callable[[str], None]) -> dict[st
 
     path = None
     if NARROW_METHOD in METHODS:
-        path = cache.get_or_compute(f"theorem3-{tag}-p{settings['dropout']}-n{settings['narrow_steps']}-{settings['points_per_piece']}", theorem3)
+        key = f"theorem3-{tag}-p{settings['dropout']}-n{settings['narrow_steps']}-{settings['points_per_piece']}"
+        path = cache.get_or_compute(key, theorem3)
         progress(f"Theorem 3 path: {path['message']}")
     overall = noise.get("overall", {})
     ends = max(direct["loss"][0], direct["loss"][-1])
