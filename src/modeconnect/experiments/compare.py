@@ -139,8 +139,19 @@ class CompareConfig:
         return derive_seed(self.seed, "pair", pair)
 
     def unit(self, method: str, pair: int) -> ConnectRunConfig:
-        return replace(self.base, method=method, seed=self.pair_seed(pair),
-                       method_settings=dict(self.settings.get(method, {})))
+        """Method ``method``'s run on pair ``pair``. Every unit runs at the first method's level and with its
+        endpoint training (it adopts that method's endpoints): where a task sets other defaults for this
+        method (``Task.method_defaults``), the first method's values are pinned as explicit settings."""
+        config = replace(self.base, method=method, seed=self.pair_seed(pair),
+                         method_settings=dict(self.settings.get(method, {})))
+        if method == self.methods[0]:
+            return config
+        first, mine = replace(config, method=self.methods[0], method_settings={}).resolve(), config.resolve()
+        if mine.threshold != first.threshold:
+            config = replace(config, threshold=first.threshold)
+        if mine.endpoint_training != first.endpoint_training:
+            config = replace(config, endpoint_training=first.endpoint_training.to_dict())
+        return config
 
 
 class CompareDirectory(SweepDirectory):

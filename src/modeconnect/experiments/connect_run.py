@@ -142,10 +142,14 @@ class ConnectRunConfig:
             defaults = replace(defaults, bead_training=task.bead_training)
         if hasattr(defaults, "seed"):
             defaults = replace(defaults, seed=self.seed)
-        method_config = apply_overrides(defaults, self.method_settings)
-        endpoint = apply_overrides(task.endpoint_training, self.endpoint_training)
+        own = task.defaults_for(self.method)  # the task's defaults for this method, under the user's settings
+        method_config = apply_overrides(apply_overrides(defaults, own.get("method_settings", {})),
+                                        self.method_settings)
+        endpoint = apply_overrides(apply_overrides(task.endpoint_training, own.get("endpoint_training", {})),
+                                   self.endpoint_training)
         certify = apply_overrides(CertifyConfig(resolution=task.certify_resolution), self.certify)
-        threshold = task.default_threshold if self.threshold is None else float(self.threshold)
+        threshold = float(own.get("threshold", task.default_threshold)) if self.threshold is None \
+            else float(self.threshold)
         proof = apply_overrides(ProofConfig(), self.proof) if self.prove else None
         return ResolvedRun(self, task, threshold, method_config, endpoint, certify, proof)
 
