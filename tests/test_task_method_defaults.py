@@ -73,3 +73,25 @@ def test_a_comparison_of_a_task_without_method_defaults_keeps_unit_configs_uncha
 def test_bad_method_defaults_are_refused_naming_the_problem(bad, message):
     with pytest.raises(ConfigError, match=message):
         replace(make_task("cubic"), method_defaults=bad)
+
+
+def test_mnist_kuditipudi_trains_dropout_endpoints_for_the_theorem1_path_only(monkeypatch):
+    """The Theorem 1 path needs endpoints whose p = 0.5 dropout versions are in the level set: the task trains
+    them with dropout at a level set from the width; other methods keep the task's plain defaults."""
+    import os
+    from pathlib import Path
+
+    from modeconnect.tasks.mnist import kuditipudi_dropout_defaults
+
+    assert kuditipudi_dropout_defaults(32)["threshold"] < kuditipudi_dropout_defaults(16)["threshold"]
+    data = Path(os.environ.get("MODECONNECT_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    if not (data / "mnist").is_dir():
+        pytest.skip(f"no MNIST under {data}")
+    monkeypatch.setenv("MODECONNECT_DATA", str(data))
+    theorem1 = ConnectRunConfig(task="mnist-kuditipudi", method="kuditipudi_dropout").resolve()
+    assert theorem1.threshold == 8.0
+    assert theorem1.endpoint_training.dropout == 0.5 and theorem1.endpoint_training.min_steps == 3000
+    dss = ConnectRunConfig(task="mnist-kuditipudi", method="greedy_dss").resolve()
+    assert dss.threshold == 3.0 and dss.endpoint_training.dropout == 0.0
+    wide = ConnectRunConfig(task="mnist-kuditipudi", method="kuditipudi_dropout", width=32).resolve()
+    assert wide.threshold == 5.0
