@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +32,7 @@ from .experiments.executors import ExecutorKind, make_executor
 from .experiments.noise_run import add_noise_parser, noise_command
 from .experiments.store import RunDirectory, SweepDirectory
 from .experiments.sweep import SweepConfig, parse_levels, run_sweep
+from .progress import Reporter, closing_bars, open_task
 
 
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:
@@ -166,6 +166,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     fetch.add_argument("name", metavar="NAME")
     fetch.add_argument("--from", dest="base_url", required=True, metavar="URL", help="the mirror's base URL")
     fetch.add_argument("--timeout", type=float, default=30.0, metavar="S", help="network timeout in seconds")
+    fetch.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_data_dir(fetch)
     prove = sub.add_parser("prove", help="bound the energy over every continuous piece of a finished run's path",
                            description="Rebuild a finished run's task and energy from its config.json, load its "
@@ -253,13 +254,7 @@ def format_summary(result: dict[str, Any], where: str | None = None) -> str:
     return "\n".join(lines)
 
 
-class _Progress:
-    def __init__(self, quiet: bool) -> None:
-        self.quiet, self.start = quiet, time.perf_counter()
-
-    def __call__(self, message: str) -> None:
-        if not self.quiet:
-            print(f"[{time.perf_counter() - self.start:7.1f}s] {message}", file=sys.stderr, flush=True)
+_Progress = Reporter  # timestamped lines, live bars on a terminal (modeconnect.progress)
 
 
 def _connect(args: argparse.Namespace) -> int:
@@ -416,9 +411,14 @@ def _data(args: argparse.Namespace) -> int:
             print(f"{name:16s} {', '.join(files)}{here}")
         return 0
     if args.data_command == "fetch":
-        def show(rel: str, done: int, total: int | None) -> None:
+        reporter, bars = _Progress(args.quiet), {}
+
+        def show(rel: str, done: int, total: int | None) -> None:  # one bar (in MB) per file, a line when done
+            bar = bars.get(rel) or bars.setdefault(rel, open_task(reporter, rel, total and round(total / 1e6, 1)))
+            bar.update(round(done / 1e6, 1))
             if total and done == total:
-                print(f"  {rel}: {done / 1e6:.1f} MB", file=sys.stderr, flush=True)
+                bars.pop(rel).close()
+                reporter(f"{rel}: {done / 1e6:.1f} MB")
 
         for file in datasets.fetch_dataset(args.name, args.data_dir, base_url=args.base_url, progress=show,
                                            timeout=args.timeout):
@@ -457,7 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _use_data_dir(args)
         _use_device(args)
-        return _COMMANDS[args.command](args)
+        with closing_bars():
+            return _COMMANDS[args.command](args)
     except ModeconnectError as exc:
         print(f"modeconnect: error: {exc}", file=sys.stderr)
         return 2

@@ -34,6 +34,7 @@ from ..errors import ConfigError, StoreError
 from ..methods import METHODS
 from ..params import distance
 from ..path import Path
+from ..progress import open_task
 from ..seeding import derive_seed
 from .connect_run import ConnectRunConfig, EndpointTrainingError, run_connect
 from .executors import Executor, make_executor
@@ -291,6 +292,7 @@ def _run_locked(config: CompareConfig, directory: CompareDirectory, out: str, ex
     if todo:
         say(f"comparing {len(config.methods)} method(s) on {config.pairs} pair(s) of {config.base.task}; "
             f"running {todo} on {executor.describe()}")
+    bar = open_task(say, "compare: runs", total=todo)
     try:
         for phase, work in enumerate(phases):
             if phase == 1:
@@ -306,9 +308,11 @@ def _run_locked(config: CompareConfig, directory: CompareDirectory, out: str, ex
                 record(unit, outcome)
                 save()
                 done_count += 1
+                bar.update(done_count, info=f"last: {unit[0]} pair {unit[1]}")
                 say(f"{unit[0]} pair {unit[1]}: {_describe(rows[unit])} "
                     f"[{done_count}/{todo} done, {time.perf_counter() - clock:.0f}s]")
     finally:
+        bar.close()
         if owned:
             executor.close()
     current = save()

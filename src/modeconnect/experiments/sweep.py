@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import ConfigError
+from ..progress import open_task
 from ..seeding import derive_seed
 from .connect_run import ConnectRunConfig, EndpointTrainingError, run_connect
 from .executors import Executor, make_executor
@@ -286,13 +287,15 @@ def _run_sweep_locked(config: SweepConfig, sweep: SweepDirectory, out: str, exec
         f"running {len(todo)} on {executor.describe()}")
     clock = time.perf_counter()
     try:
-        for k, (index, outcome) in enumerate(
-                executor.map(run_unit, [(config.unit(*u).to_dict(), dirs[u]) for u in todo]), start=1):
-            unit = todo[index]
-            record(unit, outcome)
-            save()
-            say(f"L0={unit[0]:g} pair {unit[1]}: {_describe_row(rows[unit])} "
-                f"[{k}/{len(todo)} done, {time.perf_counter() - clock:.0f}s]")
+        with open_task(say, "sweep: pairs", total=len(todo)) as bar:
+            for k, (index, outcome) in enumerate(
+                    executor.map(run_unit, [(config.unit(*u).to_dict(), dirs[u]) for u in todo]), start=1):
+                unit = todo[index]
+                record(unit, outcome)
+                save()
+                bar.update(k, info=f"last: L0={unit[0]:g} pair {unit[1]}")
+                say(f"L0={unit[0]:g} pair {unit[1]}: {_describe_row(rows[unit])} "
+                    f"[{k}/{len(todo)} done, {time.perf_counter() - clock:.0f}s]")
     finally:
         if owned:
             executor.close()
