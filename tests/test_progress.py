@@ -208,13 +208,17 @@ def test_phases_report_their_counts_to_the_reporter(tmp_path):
     assert cert["updates"][-1][1].endswith(f"{result['certificate']['n_evaluations']} evaluations")
 
 
-def test_a_sweep_counts_its_pairs(tmp_path):
+def test_a_sweep_counts_its_pairs_and_shows_each_pairs_bars_but_not_its_lines(tmp_path):
     recorder = Recorder()
+    recorder.bars = True  # a reporter that draws bars: pairs run in this process show theirs
     base = _config(["sweep", "--task", "quadratic", "--levels", "0.05", "--out", "x"], threshold=None)
     table = run_sweep(SweepConfig(base=base, levels=(0.05,), pairs=2), str(tmp_path / "sweep"), progress=recorder)
     (bar,) = recorder.named("sweep")
     assert bar["total"] == 2 and [u[0] for u in bar["updates"]] == [1, 2] and bar["closed"]
     assert len(table["rows"]) == 2
+    assert len(recorder.named("endpoint A")) == 2 and len(recorder.named("certifying")) == 2
+    assert not any("training endpoint" in line for line in recorder.lines)  # one line per pair, as before
+    assert sum("pair" in line and "done" in line for line in recorder.lines) == 2
     again = Recorder()
     run_sweep(SweepConfig(base=base, levels=(0.05,), pairs=2), str(tmp_path / "sweep"), progress=again)
     assert again.named("sweep") == []  # nothing left to do: no bar

@@ -103,6 +103,26 @@ def training_reporter(task: Task, target: float) -> Callable[[int, float], None]
     return on_check
 
 
+def bars_only(progress: Progress | None) -> Progress | None:
+    """What a unit of a sweep (compare, components) run in this process gets: the bars of ``progress`` when it
+    draws them, without its lines (a sweep prints one line per finished unit, not each unit's own lines);
+    None otherwise, so logs stay as they are."""
+    if getattr(progress, "bars", False) and callable(getattr(progress, "task", None)):
+        return _TasksOnly(progress)
+    return None
+
+
+class _TasksOnly:
+    def __init__(self, progress: Any) -> None:
+        self._progress = progress
+
+    def __call__(self, message: str) -> None:
+        pass
+
+    def task(self, description: str, total: float | None = None) -> Task:
+        return self._progress.task(description, total)
+
+
 def _is_terminal(stream: TextIO) -> bool:
     try:
         return bool(stream.isatty()) and os.environ.get("TERM") != "dumb"
