@@ -236,7 +236,10 @@ class _Bars:
         console = Console(file=stream, force_terminal=True, highlight=False)
         self._progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(bar_width=30), Count(),
                                   TimeElapsedColumn(), TextColumn("{task.fields[info]}", markup=False),
-                                  console=console, transient=True, refresh_per_second=8)
+                                  console=console, transient=True, refresh_per_second=8,
+                                  # a stray print to stdout goes above the bars only when stdout is this
+                                  # terminal too; redirected (``--json > file``) it must stay in the file
+                                  redirect_stdout=_is_terminal(sys.stdout))
         self._progress.start()
         self._running = True
 
