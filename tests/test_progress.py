@@ -54,8 +54,8 @@ class Recorder:
                 record["updates"].append((completed, info))
 
             def advance(self, amount=1, *, info=None):
-                done = sum(u[0] or 0 for u in record["updates"] if u[1] == "+") + amount
-                record["updates"].append((done, "+"))
+                done = (record["updates"][-1][0] if record["updates"] else 0) + amount
+                record["updates"].append((done, info))
 
             def say(self, message):
                 recorder.lines.append("task: " + message)
@@ -296,3 +296,44 @@ def test_every_long_running_command_takes_quiet():
                 ["plot", "x"], ["data", "fetch", "mnist", "--from", "http://x"])
     for argv in commands:
         assert parser.parse_args(argv + ["--quiet"]).quiet is True, argv
+
+
+def test_dropout_masks_count_their_work_and_their_lines_become_the_bars_text():
+    import torch
+    from torch import nn
+
+    from modeconnect import Energy
+    from modeconnect.kuditipudi.dropout import DropoutConfig, dropout_stability
+    from modeconnect.kuditipudi.units import hidden_units
+    from modeconnect.params import point_from_module
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 7), nn.ReLU(), nn.Linear(7, 5), nn.ReLU(), nn.Linear(5, 2))
+    x, y = torch.randn(40, 3), torch.randn(40, 2)
+    energy, spec, point = Energy(model, x, y, "mse", strategy="vmap"), hidden_units(model), point_from_module(model)
+    config = DropoutConfig(p=0.5, masks=5, chunk=3)
+    recorder, plain = Recorder(), []
+    _, report = dropout_stability(point, energy, spec, config, progress=recorder)
+    _, reference = dropout_stability(point, energy, spec, config, progress=plain.append)
+    (bar,) = recorder.tasks
+    assert bar["total"] == 10 and [u[0] for u in bar["updates"]] == [3, 6, 9, 10] and bar["closed"]
+    assert recorder.lines == ["task: " + line for line in plain]  # the per-chunk lines become the bar's text
+    assert report.energies == reference.energies
+
+
+@pytest.mark.slow  # noise stability's first call in a process warms torch.func up (seconds)
+def test_noise_stability_counts_its_work():
+    import torch
+    from torch import nn
+
+    from modeconnect.kuditipudi.noise import NoiseStabilityConfig, noise_stability
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 7), nn.ReLU(), nn.Linear(7, 5), nn.ReLU(), nn.Linear(5, 2))
+    x = torch.randn(10, 3)
+    recorder = Recorder()
+    config = NoiseStabilityConfig(batch_size=4, dropout_draws=1, power_iterations=20)
+    measured = noise_stability(model, x.double(), config, progress=recorder)
+    (bar,) = recorder.tasks
+    pairs = len(measured.interlayer_cushion)  # one power iteration per (i, j) and batch, then the smoothness
+    assert bar["total"] == 3 * (pairs + 1) and bar["updates"][-1][0] == bar["total"] and bar["closed"]
