@@ -80,7 +80,7 @@ def add_dropout_parser(sub, add_data_dir: Callable[[argparse.ArgumentParser], No
     parser.add_argument("--mask-seed", type=int, default=0, help="seed of the masks (default: 0)")
     parser.add_argument("--out", metavar="DIR", required=True, help="where masks, numbers and the endpoint go")
     add_data_dir(parser)
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines or bars (the result still prints)")
     parser.add_argument("--json", action="store_true", help="print the record as JSON")
     return parser
 

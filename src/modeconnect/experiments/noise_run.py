@@ -114,7 +114,7 @@ def add_noise_parser(sub, add_data_dir: Callable[[argparse.ArgumentParser], None
     parser.add_argument("--device", default="cpu", help="torch device of the measurement (default: cpu)")
     parser.add_argument("--out", metavar="DIR", required=True, help="where the endpoint and noise_stability.json go")
     add_data_dir(parser)
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines or bars (the result still prints)")
     parser.add_argument("--json", action="store_true", help="print the record as JSON")
     return parser
 
