@@ -45,10 +45,11 @@ from typing import Any
 from .._io import read_json, read_tensors, write_json
 from ..errors import ConfigError, StoreError
 from ..params import Point, check_compatible
+from ..progress import bars_only, open_task
 from ..seeding import derive_seed
 from .connect_run import ConnectRunConfig, EndpointTrainingError, run_connect, thread_limit
 from .endpoint_store import ENDPOINT_FILE, ENDPOINT_JSON, single_endpoint
-from .executors import Executor, make_executor
+from .executors import Executor, InProcessExecutor, make_executor
 from .store import FAILED, RUNS_DIR, RunDirectory, SweepDirectory, _open_identified
 from .sweep import finished_unit, tidy_csv
 
@@ -255,7 +256,8 @@ def load_model(root: str | os.PathLike, like: Point) -> Point:
     return {k: point[k] for k in like}
 
 
-def connect_models(config: dict[str, Any], out: str, model_a: str, model_b: str) -> tuple[dict | None, str | None]:
+def connect_models(config: dict[str, Any], out: str, model_a: str, model_b: str,
+                   progress: Callable[[str], None] | None = None) -> tuple[dict | None, str | None]:
     """Connect two stored models (adopted as the run's endpoints A and B, not retrained); run, resume or read back."""
     done = finished_unit(out)
     if done is not None:
@@ -269,7 +271,7 @@ def connect_models(config: dict[str, Any], out: str, model_a: str, model_b: str)
             if store.endpoint(which, run.task.energy.template) is None:
                 store.save_endpoint(which, load_model(source, run.task.energy.template))
     try:
-        return run_connect(cfg, out), None
+        return run_connect(cfg, out, progress=progress), None
     except EndpointTrainingError as exc:
         return None, str(exc)
 
@@ -331,11 +333,13 @@ class _Session:
         if todo:
             self.say(f"training {len(todo)} model(s) to the endpoint fraction of L={config.model_level:g}")
         args = [(config.model_config(i).to_dict(), str(self.dir.model_dir(i))) for i in todo]
-        for index, outcome in self.executor.map(train_model, args):
-            self._record_model(todo[index], outcome)
-            energy = outcome[0]
-            self.say(f"model {todo[index]}: " + (f"energy {energy:.4g}" if energy is not None else "did NOT train")
-                     + f" [{time.perf_counter() - self.clock:.0f}s]")
+        with open_task(self.say, "training models", total=len(todo)) as bar:
+            for index, outcome in self.executor.map(train_model, args):
+                self._record_model(todo[index], outcome)
+                energy = outcome[0]
+                bar.advance()
+                self.say(f"model {todo[index]}: " + (f"energy {energy:.4g}" if energy is not None else
+                                                     "did NOT train") + f" [{time.perf_counter() - self.clock:.0f}s]")
         self.models = dict(sorted(self.models.items()))
 
     def _record_model(self, i: int, outcome: tuple[float | None, str | None]) -> None:
@@ -389,14 +393,17 @@ class _Session:
                 outcomes[pair] = done
         if todo:
             self.say(f"L={level:g} round {number}: connecting {len(todo)} pair(s) across components")
+        inner = (bars_only(self.say),) if isinstance(self.executor, InProcessExecutor) else ()  # each unit's bars
         args = [(self.config.unit(level, *p).to_dict(), str(self.dir.unit_dir(level, *p)),
-                 str(self.dir.model_dir(p[0])), str(self.dir.model_dir(p[1]))) for p in todo]
-        for index, outcome in self.executor.map(connect_models, args):
-            pair = todo[index]
-            outcomes[pair] = outcome
-            self.ran += 1
-            self.say(f"L={level:g} models {pair[0]}-{pair[1]}: {_describe(outcome[0], outcome[1])} "
-                     f"[{time.perf_counter() - self.clock:.0f}s]")
+                 str(self.dir.model_dir(p[0])), str(self.dir.model_dir(p[1]))) + inner for p in todo]
+        with open_task(self.say, f"L={level:g} round {number}: pairs", total=len(todo)) as bar:
+            for index, outcome in self.executor.map(connect_models, args):
+                pair = todo[index]
+                outcomes[pair] = outcome
+                self.ran += 1
+                bar.advance()
+                self.say(f"L={level:g} models {pair[0]}-{pair[1]}: {_describe(outcome[0], outcome[1])} "
+                         f"[{time.perf_counter() - self.clock:.0f}s]")
         return outcomes
 
     def _unit_row(self, level: float, pair: tuple[int, int], result: dict | None, failure: str | None) -> dict:

@@ -31,6 +31,7 @@ from ..errors import ConfigError, ModeconnectError
 from ..methods import DEFAULT_METHOD, METHODS, get_method
 from ..params import Point
 from ..path import Path
+from ..progress import open_task, training_reporter
 from ..proof import ProofConfig
 from ..seeding import derive_seed
 from ..settings import apply_overrides, from_dict, to_dict
@@ -203,8 +204,10 @@ def train_endpoint(task: Task, which: str, seed: int, target: float, config: Tra
 
         perturb = dropout_perturbation(hidden_units(model), config.dropout, seed)
         say(f"endpoint {which.upper()} is trained with unit dropout p={config.dropout:g} (a fresh mask per step)")
-    point, status = train_to_target(start, energy=task.energy, objective=task.objective, target=target,
-                                    config=config, seed=seed, perturb=perturb)
+    with open_task(say, f"endpoint {which.upper()}", total=config.max_steps) as bar:
+        point, status = train_to_target(start, energy=task.energy, objective=task.objective, target=target,
+                                        config=config, seed=seed, perturb=perturb,
+                                        on_check=training_reporter(bar, target))
     if not status.reached:
         raise EndpointTrainingError(
             f"endpoint {which.upper()} reached energy {status.final_energy:.4g} after {status.steps} steps "
