@@ -67,17 +67,19 @@ def wall_crossings(path: Path, energy: Energy, *, scan: int = 257, bisections: i
     for i in range(path.n_pieces):
         ts = torch.linspace(0.0, 1.0, scan, dtype=torch.float64)
         dets = block_det(path.points(i, ts))
-        for j in range(scan - 1):
+        for j in range(scan):
+            if j == 0 and i > 0:
+                continue  # the previous piece's end, already seen
+            if float(dets[j]) == 0.0:  # an exact zero (a bead on the wall, e.g. a swap-symmetric one)
+                found.append(_crossing(path, energy, i, float(ts[j])))
+            if j == scan - 1:
+                break
             lo, hi, d_lo, d_hi = float(ts[j]), float(ts[j + 1]), float(dets[j]), float(dets[j + 1])
-            if d_lo == 0.0:
-                if j > 0 or i == 0:  # an exact zero at a scan point (not the previous piece's end again)
-                    found.append(_crossing(path, energy, i, lo))
-                continue
             if d_lo * d_hi >= 0:
                 continue
             for _ in range(bisections):
                 mid = 0.5 * (lo + hi)
-                d_mid = float(block_det(path.points(i, [mid])))
+                d_mid = float(block_det(path.points(i, [mid]))[0])
                 if d_mid == 0.0:
                     lo = hi = mid
                     break
@@ -86,8 +88,6 @@ def wall_crossings(path: Path, energy: Energy, *, scan: int = 257, bisections: i
                 else:
                     hi = mid
             found.append(_crossing(path, energy, i, 0.5 * (lo + hi)))
-        if i == path.n_pieces - 1 and float(dets[-1]) == 0.0:
-            found.append(_crossing(path, energy, i, 1.0))
     return found
 
 
