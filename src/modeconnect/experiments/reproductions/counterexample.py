@@ -30,11 +30,16 @@ FIGURE = "modeconnect.plots.repro_counterexample:counterexample_figures"
 
 METHODS = ("greedy_dss", "constrained_dss", "string_evolution", "bezier", "polychain", "neb")
 FULL = {"sigmas": [0.1, 0.2, 0.3, 0.5, 0.75], "n_train": 1024, "input_dim": 2, "data_seed": 0, "seed": 0,
-        "methods": list(METHODS), "settings": {"neb": {"max_time_s": 60.0}}}
+        "methods": list(METHODS), "settings": {"neb": {"lr": 0.01, "max_time_s": 60.0}}}
+"""The full run. NEB's SGD step (default lr 0.05) diverges at sigma = 0.1, where the gradients scale as
+1/sigma^2; lr 0.01 keeps it finite at every sigma. Every other method runs with its own defaults."""
 QUICK = {"sigmas": [0.25, 0.5], "n_train": 128, "input_dim": 2, "data_seed": 0, "seed": 0,
          "methods": ["greedy_dss", "string_evolution", "bezier"],
          "settings": {"greedy_dss": {"max_depth": 3}, "string_evolution": {"max_rounds": 20},
                       "bezier": {"steps": 300}}}
+ROUNDING = 1e-9
+"""Energies below this are an exact fit up to float32 rounding (A fits every sample when no sample crosses a
+hyperplane: 1e-13 to 1e-14 at sigma <= 0.25), so "falls with sigma" is checked up to it."""
 RISK_TOLERANCE = 0.5
 """A's energy on the sample agrees with its closed-form population risk when within this relative margin (or
 1e-4 absolute): the sample sees only a few points in the tails that make the risk."""
@@ -91,11 +96,12 @@ def run(out: FsPath, *, quick: bool, progress: Callable[[str], None]) -> dict[st
     floors = {s["sigma"]: s["floor"] for s in samples}
     failed = [r for r in runs if r["connected"]]
     below_bound = [r for r in runs if r["barrier"] < PROVEN_BARRIER]
-    no_crossing = [r for r in runs if not r["crossings"]]
+    finite = [r for r in runs if r["barrier"] < 1e300]  # a diverged method's path holds non-finite energies
+    no_crossing = [r for r in finite if not r["crossings"]]
     low_crossings = [(r, c) for r in runs for c in r["crossings"]
                      if floors[r["sigma"]] is not None and c["energy"] < floors[r["sigma"]]]
     by_sigma = sorted(samples, key=lambda s: s["sigma"])
-    decreasing = all(x["energy_a"] <= y["energy_a"] for x, y in zip(by_sigma, by_sigma[1:]))
+    decreasing = all(x["energy_a"] <= y["energy_a"] + ROUNDING for x, y in zip(by_sigma, by_sigma[1:]))
     agree = all(abs(s["energy_a"] - s["risk_a"]) <= max(1e-4, RISK_TOLERANCE * s["risk_a"]) for s in samples)
     best = {s: min((r for r in runs if r["sigma"] == s), key=lambda r: r["barrier"]) for s in settings["sigmas"]}
     n_crossings = sum(len(r["crossings"]) for r in runs)
@@ -108,11 +114,12 @@ def run(out: FsPath, *, quick: bool, progress: Callable[[str], None]) -> dict[st
                                                          for s, b in best.items())),
         claim("every path crosses the rank-one wall det W1 = 0, and every crossing found has energy >= the "
               "sample's rank-one floor", not no_crossing and not low_crossings,
-              f"{n_crossings} crossings on {len(runs)} paths; lowest crossing energy "
+              f"{n_crossings} crossings on {len(finite)} paths ({len(runs) - len(finite)} diverged); lowest crossing "
+              "energy "
               f"{min((c['energy'] for r in runs for c in r['crossings']), default=float('nan')):.4g}; floors "
               + ", ".join(f"{s['floor']:.5g}" for s in samples if s["floor"] is not None)),
         claim("both endpoints reach arbitrarily small risk as the covariance shrinks: A's energy falls with sigma "
-              "and matches its closed-form population risk", decreasing and agree,
+              "(up to float32 rounding) and matches its closed-form population risk", decreasing and agree,
               "; ".join(f"sigma={s['sigma']:g}: {s['energy_a']:.3g} (closed form {s['risk_a']:.3g})" for s in by_sigma)),
     ]
     table = ["sigma,method,connected,reason,barrier,lowest_crossing,crossings,beads,threshold,bound,floor,"
