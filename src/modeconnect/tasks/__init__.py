@@ -8,6 +8,7 @@ from ..errors import ConfigError
 from .base import Task
 from .cifar import cifar10_task, cifar10_vgg_task
 from .controls import convex_task, permutation_task
+from .gaussian_mixture import gaussian_mixture_task
 from .kuditipudi_disconnected import kuditipudi_disconnected_task
 from .mnist import mnist_kuditipudi_task, mnist_mlp_task, mnist_task
 from .polynomial import polynomial_task
@@ -23,6 +24,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "convex": convex_task,
     "permutation": permutation_task,
     "kuditipudi-disconnected": kuditipudi_disconnected_task,
+    "gaussian-mixture": gaussian_mixture_task,
     "mnist": mnist_task,
     "mnist-kuditipudi": mnist_kuditipudi_task,
     "mnist-mlp": mnist_mlp_task,
