@@ -12,7 +12,8 @@
 The proposition assumes every hidden width n_j >= min(n_1, n_K) (input and output sizes); other sizes are
 refused. The default threshold is the exact minimum of the energy (least squares, or nuclear-norm regularised
 least squares for the ridge variant, computed in float64) plus ``noise^2 / 2``, divided by the endpoint
-fraction 0.9 (endpoints are trained to 0.9 L0).
+fraction 0.9 (endpoints are trained to 0.9 L0), and at least (minimum + noise^2 / 4) / 0.8 so greedy DSS's
+beads (trained to 0.8 L0) can reach their target.
 
 >>> task = linear_task(depth=3, width=4, input_dim=5)
 >>> [tuple(p.shape) for p in task.make_model(0).parameters()]
@@ -39,6 +40,9 @@ MAX_DEPTH = 16
 """Largest accepted number of layers."""
 ENDPOINT_FRACTION = 0.9
 """Endpoints are trained to 0.9 L0; the default L0 puts that target noise^2 / 2 above the energy's minimum."""
+DSS_ALPHA = 0.8
+"""Greedy DSS trains beads to 0.8 L0 (its default alpha): the default L0 also keeps that target noise^2 / 4
+above the minimum, or no bead could reach it (the ridge floor is close to L0)."""
 
 
 def check_sizes(sizes: list[int] | tuple[int, ...]) -> tuple[int, ...]:
@@ -133,7 +137,8 @@ def linear_task(*, depth: int = 3, width: int = 4, input_dim: int = 5, output_di
     sizes = check_sizes((input_dim, *([width] * (depth - 1)), output_dim))
     x, y = _teacher_data(sizes, n_train, float(noise), data_seed)
     floor = risk_floor(x, y, float(ridge))
-    threshold = float(f"{(floor + (0.5 * noise**2 if noise else 1e-3)) / ENDPOINT_FRACTION:.4g}")
+    gap = 0.5 * noise**2 if noise else 1e-3
+    threshold = float(f"{max((floor + gap) / ENDPOINT_FRACTION, (floor + gap / 2) / DSS_ALPHA):.4g}")
     template = build_without_global_rng(lambda: linear_chain(sizes))
     if ridge:
         energy = RidgeEnergy(template, x, y, ridge=float(ridge), strategy="vmap", split="train")
