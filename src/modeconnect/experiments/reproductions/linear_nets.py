@@ -40,7 +40,7 @@ CONFIGS = [
     {"name": "K=4", "task": "linear", "depth": 4},
     {"name": "K=2 ridge", "task": "linear-ridge", "depth": 2},
 ]
-FULL = {"pairs": 4, "dense_points": 1025, "line_points": 257, "seed": 0, "dss_max_beads": 64}
+FULL = {"pairs": 4, "dense_points": 1025, "line_points": 129, "seed": 0, "dss_max_beads": 64}
 QUICK = {"pairs": 1, "dense_points": 129, "line_points": 33, "seed": 0, "dss_max_beads": 16}
 PROFILE_POINTS = 17
 """Energy samples per straight piece in the stored DSS profiles."""
@@ -55,6 +55,11 @@ def _endpoint(task, seed: int) -> dict[str, torch.Tensor]:
     return point
 
 
+def _r(value: float) -> float:
+    """Six significant digits: profiles are for figures, the claims use the unrounded maxima."""
+    return float(f"{value:.6g}")
+
+
 def _path_profile(path: Path, energy) -> dict[str, list[float]]:
     """Energies along every piece of ``path`` against the fraction of its length."""
     grid = torch.linspace(0, 1, PROFILE_POINTS, dtype=torch.float64)
@@ -63,8 +68,8 @@ def _path_profile(path: Path, energy) -> dict[str, list[float]]:
     s, e, done = [], [], 0.0
     for i, length in enumerate(lengths):
         values = path.energies(i, grid, energy)
-        s += [(done + float(t) * length) / total for t in grid]
-        e += [float(v) for v in values]
+        s += [round((done + float(t) * length) / total, 5) for t in grid]
+        e += [_r(float(v)) for v in values]
         done += length
     return {"s": s, "energy": e}
 
@@ -80,12 +85,12 @@ def _pair(cfg: dict[str, Any], index: int, settings: dict[str, Any], say) -> dic
 def _connect_both(task, a, b, threshold, settings, say, label) -> dict[str, Any]:
     energy = task.energy
     ts = torch.linspace(0, 1, settings["line_points"], dtype=torch.float64)
-    line = [float(v) for v in energy.along_segment(a, b, ts)]
+    line = [_r(float(v)) for v in energy.along_segment(a, b, ts)]
     lc_cfg = LinearConstructionConfig(dense_points=settings["dense_points"], seed=settings["seed"])
     lc = connect(a, b, energy, threshold=threshold, method="linear_construction", config=lc_cfg)
     ex = lc.outcome.extras
     out: dict[str, Any] = {"label": label, "threshold": threshold, "endpoint_energies": lc.endpoint_energies,
-                           "lambda": ex["lambda"], "line": {"t": ts.tolist(), "energy": line},
+                           "lambda": ex["lambda"], "line": {"t": [round(float(t), 5) for t in ts], "energy": line},
                            "line_max": max(line), "construction": {
                                "reason": lc.outcome.reason, "connected": lc.connected,
                                "certified": bool(lc.certificate and lc.certificate.certified),
@@ -97,7 +102,8 @@ def _connect_both(task, a, b, threshold, settings, say, label) -> dict[str, Any]
                                    "construction")}}}
     if lc.outcome.reason != "not_applicable":
         dense = torch.linspace(0, 1, len(ex["construction_profile"]), dtype=torch.float64)
-        out["construction"]["profile"] = {"t": dense.tolist(), "energy": ex["construction_profile"]}
+        out["construction"]["profile"] = {"t": [round(float(t), 5) for t in dense],
+                                          "energy": [_r(v) for v in ex["construction_profile"]]}
     dss_cfg = DSSConfig(bead_training=task.bead_training, max_beads=settings["dss_max_beads"], seed=settings["seed"])
     dss = connect(a, b, energy, threshold=threshold, method="greedy_dss", config=dss_cfg, objective=task.objective)
     out["dss"] = {"reason": dss.outcome.reason, "connected": dss.connected,
@@ -144,8 +150,35 @@ def run(out: FsPath, *, quick: bool, progress: Callable[[str], None]) -> dict[st
              for cfg in CONFIGS for i in range(settings["pairs"])]
     flipped = cache.get_or_compute(f"flipped-{key}", lambda: _flipped(settings, progress))
     tiny = cache.get_or_compute(f"111-{key}", lambda: _one_one_one(settings, progress))
+    _table(out, pairs + [flipped, tiny])
+    pairs = [_without_profiles(p) if not p["label"].endswith(" pair 0") else p for p in pairs]  # the figure's
     return {"settings": settings, "configs": CONFIGS, "pairs": pairs, "flipped": flipped, "one_one_one": tiny,
             "claims": _claims(pairs, flipped, tiny)}
+
+
+def _without_profiles(case: dict[str, Any]) -> dict[str, Any]:
+    """A pair's record without its energy profiles (the figure draws the first pair of each configuration)."""
+    out = {k: v for k, v in case.items() if k != "line"}
+    out["construction"] = {k: v for k, v in case["construction"].items() if k != "profile"}
+    out["dss"] = {k: v for k, v in case["dss"].items() if k != "profile"}
+    return out
+
+
+def _table(out: FsPath, cases: list[dict[str, Any]]) -> None:
+    rows = ["case,L0,lambda,line_max,construction_reason,construction_max_f64,construction_certified_max,"
+            "construction_norm_length,construction_beads,construction_s,dss_reason,dss_certified_max,"
+            "dss_norm_length,dss_beads,dss_s"]
+    for p in cases:
+        c, d = p["construction"], p["dss"]
+        applicable = c["reason"] != "not_applicable"
+        rows.append(",".join(str(v) for v in (
+            p["label"], p["threshold"], f"{p['lambda']:.6g}", f"{p['line_max']:.6g}",
+            c.get("not_applicable") or c["reason"],
+            f"{c['construction_max_energy_f64']:.6g}" if applicable else "",
+            f"{c['certified_max']:.6g}" if applicable else "", f"{c['normalized_length']:.4g}" if applicable else "",
+            c["n_beads"] if applicable else "", f"{c['time_s']:.3f}", d["reason"], f"{d['certified_max']:.6g}",
+            f"{d['normalized_length']:.4g}", d["n_beads"], f"{d['time_s']:.3f}")))
+    (out / "table.csv").write_text("\n".join(rows) + "\n")
 
 
 def _claims(pairs, flipped, tiny) -> list[dict[str, Any]]:
@@ -180,6 +213,6 @@ def _claims(pairs, flipped, tiny) -> list[dict[str, Any]]:
               "E[y^2] (the construction reports the orientation obstruction; greedy DSS finds no path)",
               tiny["construction"]["not_applicable"] == "orientation" and not tiny["dss"]["connected"]
               and tiny["threshold"] < tiny["energy_at_zero_product"],
-              f"L0 {tiny['threshold']:.4g} < E[y^2] = {tiny['energy_at_zero_product']:.4g}; DSS: {tiny['dss']['reason']} "
-              f"with {tiny['dss']['n_beads']} beads, certified max {tiny['dss']['certified_max']:.4g}"),
+              f"L0 {tiny['threshold']:.4g} < E[y^2] = {tiny['energy_at_zero_product']:.4g}; "
+              f"DSS: {tiny['dss']['reason']} with {tiny['dss']['n_beads']} beads, certified max {tiny['dss']['certified_max']:.4g}"),
     ]
