@@ -214,5 +214,6 @@ def _claims(pairs, flipped, tiny) -> list[dict[str, Any]]:
               tiny["construction"]["not_applicable"] == "orientation" and not tiny["dss"]["connected"]
               and tiny["threshold"] < tiny["energy_at_zero_product"],
               f"L0 {tiny['threshold']:.4g} < E[y^2] = {tiny['energy_at_zero_product']:.4g}; "
-              f"DSS: {tiny['dss']['reason']} with {tiny['dss']['n_beads']} beads, certified max {tiny['dss']['certified_max']:.4g}"),
+              f"DSS: {tiny['dss']['reason']} with {tiny['dss']['n_beads']} beads, "
+              f"certified max {tiny['dss']['certified_max']:.4g}"),
     ]
