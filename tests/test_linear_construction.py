@@ -266,3 +266,16 @@ def test_cli_compare_with_greedy_dss(tmp_path):
                  "--depth", "2", "--out", str(out), "--no-figures"]) == 0
     rows = {r["method"]: r for r in json.loads((out / "table.json").read_text())["rows"]}
     assert set(rows) == {"linear_construction", "greedy_dss"}
+
+
+@pytest.mark.parametrize("sizes,side", [((5, 4, 6, 3), "output"), ((3, 4, 5, 4, 6), "input")])
+def test_batched_weights_equal_the_one_t_at_a_time_reference(sizes, side):
+    a, b = _random_weights(sizes, 70), _random_weights(sizes, 71)
+    curve = DeepLinearPath(a, b, side=side, bump_scale=1.0, generator=torch.Generator().manual_seed(2))
+    ts = torch.tensor([0.0, 0.013, 0.5, 0.77, 1.0], dtype=torch.float64)
+    batch = curve.weights_batch(ts)
+    for i, t in enumerate(ts):
+        for j, w in enumerate(curve.weights(float(t))):
+            assert torch.allclose(batch[j][i], w, atol=1e-12, rtol=0)
+    assert all(torch.equal(batch[j][0], a[j]) and torch.equal(batch[j][-1], b[j]) for j in range(len(a)))
+    assert curve.min_pivot_ratio(ts) == pytest.approx(min(min(curve.pivot_ratios(float(t))) for t in ts))

@@ -97,6 +97,35 @@ class DeepLinearPath:
         m = _lerp(self.sa[0], self.sb[0], t)
         return m.T if self.side == "input" else m
 
+    def _pivots_batch(self, ts: Tensor) -> list[Tensor]:
+        t = ts.to(self.sa[0]).reshape(-1, 1, 1)
+        return [(1 - t) * self.sa[0] + t * self.sb[0]] + [
+            (1 - t) * self.sa[j] + t * self.sb[j] + t * (1 - t) * self.bumps[j] for j in range(1, self.k)]
+
+    def min_pivot_ratio(self, ts: Tensor) -> float:
+        """The smallest sigma_min / sigma_max of the pivots S_2(t), ..., S_K(t) over ``ts`` (batched)."""
+        worst = 1.0
+        for piv in self._pivots_batch(ts)[1:]:
+            s = torch.linalg.svdvals(piv)
+            worst = min(worst, float((s[:, -1] / s[:, 0].clamp_min(1e-300)).min()))
+        return worst
+
+    def weights_batch(self, ts: Tensor) -> list[Tensor]:
+        """:meth:`weights` at every t of ``ts`` at once ([len(ts), d_j, d_(j-1)] per layer; rows at t = 0 and 1
+        are the endpoints themselves)."""
+        piv = self._pivots_batch(ts)
+        t = ts.to(self.sa[0]).reshape(-1, 1, 1)
+        ws = [None] * self.k
+        ws[-1] = piv[-1].clone()
+        for j in range(self.k - 2, -1, -1):
+            line = (1 - t) * self.a[j] + t * self.b[j]
+            ws[j] = line + torch.linalg.pinv(piv[j + 1]) @ (piv[j] - piv[j + 1] @ line)
+        flat = ts.reshape(-1)
+        for j in range(self.k):
+            ws[j][flat == 0] = self.a[j]
+            ws[j][flat == 1] = self.b[j]
+        return [w.transpose(1, 2) for w in reversed(ws)] if self.side == "input" else ws
+
     def pivot_ratios(self, t: float) -> list[float]:
         """sigma_min / sigma_max of each pivot S_2(t), ..., S_K(t) (they must stay full row rank)."""
         return [_ratio(s) for s in self.pivots(t)[1:]]
@@ -137,7 +166,7 @@ class DeepLinearPath:
                                         f"opposite sign at A ({da:.3g}) and B ({db:.3g}): every path between them "
                                         "passes a singular matrix (hidden width = min(input, output); the level set "
                                         "may be disconnected, e.g. a 1-1-1 network)")
-        inner = min(min(self.pivot_ratios(float(t))) for t in ts) if self.k > 1 else 1.0
+        inner = self.min_pivot_ratio(ts) if self.k > 1 else 1.0
         if inner < rank_tolerance:
             raise NotApplicable("singular_pivot", f"a pivot becomes rank deficient along the bumped line "
                                 f"(sigma_min/sigma_max = {inner:.3g} < {rank_tolerance:g})")
@@ -287,6 +316,11 @@ class RidgePath:
         u = min(max((t - self.f) / (1 - 2 * self.f), 0.0), 1.0)
         m = _lerp(self.m[0], self.m[1], u)
         return m.T if self.flip else m
+
+    def weights_batch(self, ts: Tensor) -> list[Tensor]:
+        """:meth:`weights` at every t of ``ts``, stacked ([len(ts), ...] per layer)."""
+        per_t = [self.weights(float(t)) for t in ts]
+        return [torch.stack([w[j] for w in per_t]) for j in range(2)]
 
     def weights(self, t: float) -> list[Tensor]:
         if t == 0 or t == 1:

@@ -99,6 +99,7 @@ def _connect_both(task, a, b, threshold, settings, say, label) -> dict[str, Any]
                                "time_s": lc.wall_time_s, **{k: ex.get(k) for k in (
                                    "construction_max_energy", "construction_max_energy_f64", "lambda_f64",
                                    "within_bound", "strictly_below_inside", "product_error_max", "not_applicable",
+                                   "construction_interior_max_f64",
                                    "construction")}}}
     if lc.outcome.reason != "not_applicable":
         dense = torch.linspace(0, 1, len(ex["construction_profile"]), dtype=torch.float64)
@@ -184,13 +185,16 @@ def _table(out: FsPath, cases: list[dict[str, Any]]) -> None:
 def _claims(pairs, flipped, tiny) -> list[dict[str, Any]]:
     c = [p["construction"] for p in pairs]
     worst = max(x["construction_max_energy_f64"] / x["lambda_f64"] for x in c)
+    inside = max(x["construction_interior_max_f64"] / x["lambda_f64"] for x in c)
+    strict = sum(bool(x["strictly_below_inside"]) for x in c)
     ridge = [p for p in pairs if "ridge" in p["label"]]
     certified = [p["label"] for p in pairs if not (p["construction"]["certified"] and p["dss"]["certified"])]
     line_over = [p["line_max"] / p["threshold"] for p in pairs]
     return [
         claim("the constructed path never exceeds lambda = max(E(A), E(B)) (exact construction, float64, dense t)",
               all(x["within_bound"] for x in c),
-              f"{len(c)} pairs at K = 2, 3, 4 and K = 2 ridge; largest max / lambda = {worst:.12f}"),
+              f"{len(c)} pairs at K = 2, 3, 4 and K = 2 ridge; largest max / lambda = {worst:.12f} (at an "
+              f"endpoint); for 0 < t < 1 at most {inside:.6f} lambda, strictly below lambda on {strict} of {len(c)}"),
         claim("along the construction the network's end-to-end map is (1 - t) M^A + t M^B (kappa = 0) or the "
               "endpoint's product, then that line (ridge)", max(x["product_error_max"] for x in c) < 1e-10,
               f"largest relative error {max(x['product_error_max'] for x in c):.2e}"),
