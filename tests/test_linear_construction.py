@@ -229,18 +229,16 @@ def test_tasks_refuse_bad_sizes_and_record_the_ridge():
         Objective(task.objective.inputs, task.objective.targets, "mse", l2=-1.0)
 
 
-def test_connect_api_on_a_trained_pair_certifies():
-    task = make_task("linear", depth=2, width=4, input_dim=3, n_train=64)
-    a, b = task.make_model(0), task.make_model(1)
-    from modeconnect.experiments.connect_run import train_endpoint
-
-    pa = train_endpoint(task, "a", 0, 0.9 * task.default_threshold, task.endpoint_training, lambda m: None)
-    pb = train_endpoint(task, "b", 1, 0.9 * task.default_threshold, task.endpoint_training, lambda m: None)
-    del a, b
-    result = connect(pa, pb, task.energy, threshold=task.default_threshold, method="linear_construction",
+def test_connect_api_certifies_the_beaded_path():
+    sizes = (5, 4, 4, 3)
+    energy = _energy(sizes, dtype=torch.float32)
+    a = _point([w.float() for w in _random_weights(sizes, 90)])
+    b = _point([w.float() for w in _random_weights(sizes, 91)])
+    lam = max(energy(a), energy(b))
+    result = connect(a, b, energy, threshold=1.05 * lam, method="linear_construction",
                      config=LinearConstructionConfig(dense_points=257))
-    assert result.connected and result.certificate.certified
-    assert result.certificate.max_energy <= task.default_threshold
+    assert result.connected and result.certificate.certified and not result.trains
+    assert result.certificate.max_energy <= 1.05 * lam and result.trained_points == 0
 
 
 def test_cli_connect_writes_a_connected_certified_run(tmp_path):
@@ -279,3 +277,12 @@ def test_batched_weights_equal_the_one_t_at_a_time_reference(sizes, side):
             assert torch.allclose(batch[j][i], w, atol=1e-12, rtol=0)
     assert all(torch.equal(batch[j][0], a[j]) and torch.equal(batch[j][-1], b[j]) for j in range(len(a)))
     assert curve.min_pivot_ratio(ts) == pytest.approx(min(min(curve.pivot_ratios(float(t))) for t in ts))
+
+
+def test_one_layer_is_the_straight_line():
+    energy = _energy((4, 2))
+    a, b = _random_weights((4, 2), 80), _random_weights((4, 2), 81)
+    path, out = _run(a, b, energy)
+    assert out.connected and out.extras["pivot_ratio_endpoints"] == 1.0
+    mid = path.beads[len(path.beads) // 2]["0.weight"]
+    assert torch.allclose(mid, 0.5 * (a[0] + b[0]), atol=1e-12)

@@ -166,7 +166,9 @@ class DeepLinearPath:
                                         f"opposite sign at A ({da:.3g}) and B ({db:.3g}): every path between them "
                                         "passes a singular matrix (hidden width = min(input, output); the level set "
                                         "may be disconnected, e.g. a 1-1-1 network)")
-        inner = self.min_pivot_ratio(ts) if self.k > 1 else 1.0
+        if self.k == 1:  # one layer: the straight line itself, no pivot
+            return 1.0, 1.0
+        inner = self.min_pivot_ratio(ts)
         if inner < rank_tolerance:
             raise NotApplicable("singular_pivot", f"a pivot becomes rank deficient along the bumped line "
                                 f"(sigma_min/sigma_max = {inner:.3g} < {rank_tolerance:g})")
