@@ -286,3 +286,13 @@ def test_one_layer_is_the_straight_line():
     assert out.connected and out.extras["pivot_ratio_endpoints"] == 1.0
     mid = path.beads[len(path.beads) // 2]["0.weight"]
     assert torch.allclose(mid, 0.5 * (a[0] + b[0]), atol=1e-12)
+
+
+def test_cli_refuses_a_non_linear_task_before_training(tmp_path, capsys):
+    from modeconnect.cli import main
+
+    out = tmp_path / "run"
+    assert main(["connect", "--task", "quadratic", "--method", "linear_construction", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "bias-free nn.Linear" in err and "use --task linear" in err
+    assert not (out / "endpoint_a.safetensors").exists()  # refused when the config resolved, nothing trained

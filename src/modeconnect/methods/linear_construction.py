@@ -193,6 +193,15 @@ class LinearConstruction:
     Config: ClassVar[type] = LinearConstructionConfig
     State: ClassVar[type] = LinearConstructionState
 
+    @staticmethod
+    def check_energy(energy: Energy) -> None:
+        """ConfigError unless the energy's model is a bias-free linear chain meeting the width condition (and
+        has two layers when the energy carries a ridge penalty)."""
+        sizes = chain_sizes(energy.model)
+        if getattr(energy, "ridge", 0.0) and len(sizes) != 3:
+            raise ConfigError(f"the ridge construction is for two layers (Proposition 2.2 with kappa > 0), this "
+                              f"network has {len(sizes) - 1}")
+
     def run(self, start: Path, energy: Energy, *, threshold: float, config: LinearConstructionConfig,
             objective: Objective | None = None, state: LinearConstructionState | None = None,
             checkpoint: Checkpoint | None = None, progress: Progress | None = None) -> tuple[Path, Outcome]:
@@ -201,6 +210,7 @@ class LinearConstruction:
         if state.finished and state.outcome is not None:
             return start, Outcome.from_dict(state.outcome)
         clock = time.perf_counter()
+        self.check_energy(energy)
         sizes = chain_sizes(energy.model)
         ridge = float(getattr(energy, "ridge", 0.0))
         a, b = start.beads[0], start.beads[-1]
