@@ -296,3 +296,18 @@ def test_cli_refuses_a_non_linear_task_before_training(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bias-free nn.Linear" in err and "use --task linear" in err
     assert not (out / "endpoint_a.safetensors").exists()  # refused when the config resolved, nothing trained
+
+
+@pytest.mark.parametrize("sizes,side", [((5, 4, 6, 3), "output"), ((3, 4, 5, 4, 6), "input")])
+def test_path_to_a_global_minimum_is_strictly_decreasing(sizes, side):
+    """The proposition's last sentence: from any theta, the construction towards a global minimiser descends."""
+    from modeconnect.theory.linear_paths import factor_through
+
+    x, y = _data(sizes[0], sizes[-1])
+    best = factor_through(torch.linalg.lstsq(x, y).solution.T, sizes)
+    assert abs(_mse(best, x, y) - risk_floor(x, y)) < 1e-12
+    a = _random_weights(sizes, 100)
+    curve = DeepLinearPath(a, best, side=side, bump_scale=1.0, generator=torch.Generator().manual_seed(0))
+    curve.check(torch.linspace(0, 1, 129, dtype=torch.float64), 1e-6)  # the minimiser's pivots are full rank
+    values = [_mse(curve.weights(float(t)), x, y) for t in torch.linspace(0, 1, 101, dtype=torch.float64)]
+    assert all(v1 < v0 for v0, v1 in zip(values, values[1:]))

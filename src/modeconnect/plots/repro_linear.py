@@ -29,16 +29,25 @@ def _profile_panel(ax, case: dict[str, Any], title: str) -> None:
 
 def linear_figures(results: dict[str, Any]) -> dict[str, Any]:
     """``profiles``: energy along the straight line, the construction and greedy DSS's path for the first pair
-    of each configuration and the two special cases; ``ratios``: each path's maximum over lambda, every pair."""
+    of each configuration and the two special cases, and the descent to a global minimiser; ``ratios``: each path's maximum over lambda, every pair."""
     configs = [c["name"] for c in results["configs"]]
     firsts = [next(p for p in results["pairs"] if p["label"].startswith(name + " pair")) for name in configs]
     cases = [(p, p["label"]) for p in firsts] + [(results["flipped"], "K=3 vs its sign-flipped copy"),
                                                   (results["one_one_one"], "1-1-1 net vs its negation")]
-    fig = new_figure(13, 7)
-    axes = fig.subplots(2, 3).ravel()
+    fig = new_figure(17, 7)
+    axes = fig.subplots(2, 4).ravel()
     for ax, (case, title) in zip(axes, cases):
         _profile_panel(ax, case, title)
     axes[0].legend(fontsize=7, loc="upper right")
+    descent = results.get("descent")
+    if descent:
+        ax = axes[len(cases)]
+        ax.plot(descent["profile"]["t"], descent["profile"]["energy"], color="tab:blue", lw=1.8)
+        ax.axhline(descent["risk_floor"], color="black", ls=":", lw=0.9, label="least-squares minimum")
+        ax.set(yscale="log", xlabel="t", ylabel="energy", title="K=3: untrained net to a global minimiser")
+        ax.legend(fontsize=7)
+    for ax in axes[len(cases) + (1 if descent else 0):]:
+        ax.set_visible(False)
     ratios = new_figure(7, 3.8)
     ax = ratios.subplots()
     for k, name in enumerate(configs):

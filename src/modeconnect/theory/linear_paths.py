@@ -27,7 +27,8 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
-__all__ = ["NotApplicable", "DeepLinearPath", "RidgePath", "chain_product", "balanced_factors", "real_log_rotation"]
+__all__ = ["NotApplicable", "DeepLinearPath", "RidgePath", "chain_product", "balanced_factors", "real_log_rotation",
+           "factor_through"]
 
 
 class NotApplicable(Exception):
@@ -44,6 +45,19 @@ def chain_product(weights: Sequence[Tensor]) -> Tensor:
     for w in weights[1:]:
         out = w @ out
     return out
+
+
+def factor_through(m: Tensor, sizes: Sequence[int]) -> list[Tensor]:
+    """Weights [W_1, ..., W_K] of a chain with layer sizes ``sizes`` (d_0..d_K, hidden widths >= min(d_0, d_K))
+    whose product is ``m``: rectangular identities, with ``m`` put into the first layer when d_K <= d_0 (every
+    suffix product is then [I | 0], full row rank) and into the last otherwise (prefix products [I; 0])."""
+    k = len(sizes) - 1
+    eye = [torch.eye(sizes[j + 1], sizes[j], dtype=m.dtype, device=m.device) for j in range(k)]
+    if sizes[-1] <= sizes[0]:
+        eye[0] = torch.eye(sizes[1], sizes[-1], dtype=m.dtype, device=m.device) @ m
+    else:
+        eye[-1] = m @ torch.eye(sizes[0], sizes[-2], dtype=m.dtype, device=m.device)
+    return eye
 
 
 def _ratio(matrix: Tensor) -> float:
