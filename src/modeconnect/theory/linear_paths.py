@@ -134,7 +134,7 @@ class DeepLinearPath:
         for j in range(self.k - 2, -1, -1):
             line = (1 - t) * self.a[j] + t * self.b[j]
             ws[j] = line + torch.linalg.pinv(piv[j + 1]) @ (piv[j] - piv[j + 1] @ line)
-        flat = ts.reshape(-1)
+        flat = ts.reshape(-1).to(self.sa[0].device)
         for j in range(self.k):
             ws[j][flat == 0] = self.a[j]
             ws[j][flat == 1] = self.b[j]
