@@ -138,6 +138,8 @@ class ConnectRunConfig:
         """Build the task and every config with the task's defaults filled in."""
         task = make_task(self.task, **self.task_options())
         cls = METHODS[self.method]
+        if hasattr(cls, "check_energy"):  # a method that cannot apply to this model says so before any training
+            cls.check_energy(task.energy)
         defaults = cls.Config()
         if hasattr(defaults, "bead_training"):  # methods that train points start from the task's bead training
             defaults = replace(defaults, bead_training=task.bead_training)

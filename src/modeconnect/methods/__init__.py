@@ -14,6 +14,7 @@ from .constrained_dss import ConstrainedDSS
 from .curves import BezierCurve, PolyChain
 from .greedy_dss import DSSConfig, DSSState, GreedyDSS, Order, Reason, SegmentRecord, TStar, choose_tstar, greedy_dss
 from .kuditipudi_dropout import KuditipudiDropout
+from .linear_construction import LinearConstruction
 from .neb import NEB
 from .string_evolution import StringEvolution
 
@@ -29,6 +30,7 @@ METHODS: dict[str, type] = {
     PolyChain.name: PolyChain,
     NEB.name: NEB,
     KuditipudiDropout.name: KuditipudiDropout,
+    LinearConstruction.name: LinearConstruction,
 }
 """Every registered path method, by name."""
 
