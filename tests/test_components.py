@@ -234,3 +234,18 @@ def test_a_lower_level_in_the_same_directory_is_refused(finished, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "model_level" in err and err.count("\n") == 1
+
+
+def test_a_task_with_a_derived_endpoint_b_counts_both_kinds_of_endpoint(tmp_path):
+    """The counterexample's A is constructed (the same for every seed) and B is derived from it: odd models are
+    B, so the count separates A's copies from B's instead of reporting one component of copies of A."""
+    from modeconnect._io import read_json
+
+    config = ComponentsConfig(ConnectRunConfig(task="gaussian-mixture", method_settings={"max_beads": 2}),
+                              levels=(0.05,), models=3, tries=1)
+    record = run_components(config, str(tmp_path / "cc"))
+    entry = record["by_level"][0]
+    assert entry["components"] == [[0, 2], [1]]
+    assert [read_json(tmp_path / "cc" / "models" / f"model-{i:02d}" / "model.json")["derived_endpoint_b"]
+            for i in range(3)] == [False, True, False]
+    assert entry["failed"]  # the A-B connection was tried, and failed

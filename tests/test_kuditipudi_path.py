@@ -112,7 +112,10 @@ def test_theorem1_path_step_invariants_and_bound(build):
         else:  # only the top layer moves, and the loss is convex in it
             changed = {k for k in a if not torch.equal(beads[i][k], beads[i + 1][k])}
             assert changed <= top, (i, step, changed)
-            assert float(values.max()) <= segment_bound("a", Metric.CROSS_ENTROPY, e0, e1) + 1e-9
+            # float32 evaluation: a segment whose two ends compute the same function (the top layer switches
+            # between identical copies) has a flat profile up to rounding of a few ulps of the loss
+            bound = segment_bound("a", Metric.CROSS_ENTROPY, e0, e1)
+            assert float(values.max()) <= bound + 1e-6 * max(1.0, abs(bound))
     dropped = [energy(apply_dropout(p, spec, m, 2.0, from_layer=j)) for p, m in ((a, mask_a), (b, mask_b))
                for j in range(1, n + 1)]
     assert worst <= max(energy(a), energy(b), *dropped) + 1e-6  # Theorem 1 with convex steps
@@ -189,3 +192,15 @@ def test_cli_connect_with_kuditipudi_dropout(tmp_path):
     assert result["reason"] in ("connected", "not_dropout_stable", "barrier_above_threshold")
     if result["reason"] != "not_dropout_stable":
         assert result["n_segments"] == result["n_pieces"] and result["every_segment_within_bound"]
+
+
+def test_a_model_the_construction_cannot_handle_is_an_outcome_naming_the_layer_not_a_crash():
+    """The Section 5 task's student (a capped ReLU and a fixed sum as output) has no top layer to interpolate:
+    the method says so as its reason, with the straight segment's barrier, so a comparison keeps its row."""
+    from modeconnect.experiments import ConnectRunConfig, run_connect
+
+    result = run_connect(ConnectRunConfig(task="kuditipudi-disconnected", method="kuditipudi_dropout"))
+    assert result["connected"] is False and result["reason"] == "not_applicable"
+    assert "Hardtanh" in result["message"] or "SumOutput" in result["message"]
+    assert result["n_beads"] == 0
+    assert result["straight_line_max_energy"] == pytest.approx(1.0)  # the proven barrier on the line

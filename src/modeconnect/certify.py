@@ -219,7 +219,8 @@ def certify_segment(evaluate: Callable[[np.ndarray], np.ndarray], config: Certif
 
 
 def certify(path: Path, energy, config: CertifyConfig | None = None, *, threshold: float | None = None,
-            tolerance: float = 1.0, **settings: Any) -> Certificate:
+            tolerance: float = 1.0, on_evaluated: Callable[[int, int], None] | None = None,
+            **settings: Any) -> Certificate:
     """Find the maximum energy along every piece of ``path`` by refined sampling (see the module doc).
 
     Args:
@@ -227,15 +228,24 @@ def certify(path: Path, energy, config: CertifyConfig | None = None, *, threshol
             settings given with a config override its fields.
         threshold, tolerance: when given, the certificate's ``certified`` says whether
             ``max_energy <= tolerance * threshold``.
+        on_evaluated: called after every batch of evaluations with ``(piece, evaluations so far)``, all pieces
+            together (progress displays).
     """
     try:
         config = CertifyConfig(**settings) if config is None else replace(config, **settings)
     except TypeError as exc:
         raise ConfigError(f"unknown certification setting: {exc}") from None
     seg_max, seg_t, worst_t, worst_param, total = [], [], 0.0, 0.0, 0
+    def evaluate(i: int, ts: np.ndarray) -> np.ndarray:
+        values = path.energies(i, torch.from_numpy(ts), energy).numpy()
+        evaluated[0] += len(ts)
+        if on_evaluated is not None:
+            on_evaluated(i, evaluated[0])
+        return values
+
+    evaluated = [0]
     for i, length in enumerate(path.segment_lengths):
-        m, t, achieved, n = certify_segment(lambda ts, i=i: path.energies(i, torch.from_numpy(ts), energy).numpy(),
-                                            config)
+        m, t, achieved, n = certify_segment(lambda ts, i=i: evaluate(i, ts), config)
         seg_max.append(m)
         seg_t.append(t)
         worst_t = max(worst_t, achieved)

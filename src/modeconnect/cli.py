@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +32,7 @@ from .experiments.executors import ExecutorKind, make_executor
 from .experiments.noise_run import add_noise_parser, noise_command
 from .experiments.store import RunDirectory, SweepDirectory
 from .experiments.sweep import SweepConfig, parse_levels, run_sweep
+from .progress import Reporter, closing_bars, open_task
 
 
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:
@@ -89,7 +89,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
                          "re-running the same command on it resumes")
     _add_data_dir(connect)
     _add_device(connect)
-    connect.add_argument("--quiet", action="store_true", help="no progress lines")
+    connect.add_argument("--quiet", action="store_true", help="no progress lines or bars (the result still prints)")
     connect.add_argument("--json", action="store_true", help="print the result as JSON instead of a summary")
     sweep = sub.add_parser(
         "sweep", help="normalized length and bead count over energy levels, N pairs per level",
@@ -112,7 +112,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     _add_data_dir(sweep)
     _add_device(sweep)
     sweep.add_argument("--no-figures", action="store_true", help="write the table only")
-    sweep.add_argument("--quiet", action="store_true", help="no progress lines")
+    sweep.add_argument("--quiet", action="store_true", help="no progress lines or bars (the result still prints)")
     compare = sub.add_parser(
         "compare", help="every path method on the same endpoint pairs: one table, one figure",
         description="For each of N pairs (seeds derived from --seed), train the endpoints once and connect them with "
@@ -141,7 +141,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     _add_data_dir(compare)
     _add_device(compare)
     compare.add_argument("--no-figures", action="store_true", help="write the table only")
-    compare.add_argument("--quiet", action="store_true", help="no progress lines")
+    compare.add_argument("--quiet", action="store_true", help="no progress lines or bars (the result still prints)")
     plot = sub.add_parser("plot", help="draw the figures of a sweep or run directory",
                           description="A sweep directory gets the two-panel figure (normalized length and beads vs "
                                       "level). A run directory gets the energy profile along its path and the "
@@ -151,7 +151,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     plot.add_argument("--no-html", action="store_true", help="skip the interactive HTML view (needs plotly)")
     plot.add_argument("--no-gif", action="store_true", help="skip the GIF animation")
     _add_data_dir(plot)
-    plot.add_argument("--quiet", action="store_true", help="no progress lines")
+    plot.add_argument("--quiet", action="store_true", help="no progress lines or bars (the result still prints)")
     data = sub.add_parser("data", help="list, check or fetch the datasets of the real tasks")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     listing = data_sub.add_parser("list", help="the known datasets, their files and whether the data directory "
@@ -166,6 +166,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     fetch.add_argument("name", metavar="NAME")
     fetch.add_argument("--from", dest="base_url", required=True, metavar="URL", help="the mirror's base URL")
     fetch.add_argument("--timeout", type=float, default=30.0, metavar="S", help="network timeout in seconds")
+    fetch.add_argument("--quiet", action="store_true", help="no progress lines or bars (the result still prints)")
     _add_data_dir(fetch)
     prove = sub.add_parser("prove", help="bound the energy over every continuous piece of a finished run's path",
                            description="Rebuild a finished run's task and energy from its config.json, load its "
@@ -174,7 +175,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     prove.add_argument("dir", metavar="DIR")
     add_proof_flags(prove)
     _add_data_dir(prove)
-    prove.add_argument("--quiet", action="store_true", help="no progress lines")
+    prove.add_argument("--quiet", action="store_true", help="no progress lines or bars (the result still prints)")
     prove.add_argument("--json", action="store_true", help="print the proof record as JSON")
     add_dropout_parser(sub, _add_data_dir)
     add_noise_parser(sub, _add_data_dir)
@@ -253,13 +254,7 @@ def format_summary(result: dict[str, Any], where: str | None = None) -> str:
     return "\n".join(lines)
 
 
-class _Progress:
-    def __init__(self, quiet: bool) -> None:
-        self.quiet, self.start = quiet, time.perf_counter()
-
-    def __call__(self, message: str) -> None:
-        if not self.quiet:
-            print(f"[{time.perf_counter() - self.start:7.1f}s] {message}", file=sys.stderr, flush=True)
+_Progress = Reporter  # timestamped lines, live bars on a terminal (modeconnect.progress)
 
 
 def _connect(args: argparse.Namespace) -> int:
@@ -416,9 +411,14 @@ def _data(args: argparse.Namespace) -> int:
             print(f"{name:16s} {', '.join(files)}{here}")
         return 0
     if args.data_command == "fetch":
-        def show(rel: str, done: int, total: int | None) -> None:
+        reporter, bars = _Progress(args.quiet), {}
+
+        def show(rel: str, done: int, total: int | None) -> None:  # one bar (in MB) per file, a line when done
+            bar = bars.get(rel) or bars.setdefault(rel, open_task(reporter, rel, total and round(total / 1e6, 1)))
+            bar.update(round(done / 1e6, 1))
             if total and done == total:
-                print(f"  {rel}: {done / 1e6:.1f} MB", file=sys.stderr, flush=True)
+                bars.pop(rel).close()
+                reporter(f"{rel}: {done / 1e6:.1f} MB")
 
         for file in datasets.fetch_dataset(args.name, args.data_dir, base_url=args.base_url, progress=show,
                                            timeout=args.timeout):
@@ -457,7 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _use_data_dir(args)
         _use_device(args)
-        return _COMMANDS[args.command](args)
+        with closing_bars():
+            return _COMMANDS[args.command](args)
     except ModeconnectError as exc:
         print(f"modeconnect: error: {exc}", file=sys.stderr)
         return 2

@@ -59,7 +59,7 @@ def add_components_parser(sub, add_data_dir: Callable[[argparse.ArgumentParser],
     parser.add_argument("--device", metavar="cpu|cuda|auto",
                         help="where models are trained and paths found (default: $MODECONNECT_DEVICE, else cpu)")
     parser.add_argument("--no-figures", action="store_true", help="write the data files only")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines or bars (the result still prints)")
 
 
 def parse_level_options(level: float | None, levels: str | None) -> tuple[float, ...]:

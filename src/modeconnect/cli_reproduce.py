@@ -27,7 +27,7 @@ def add_reproduce_parser(sub, add_data_dir: Callable[[argparse.ArgumentParser], 
     parser.add_argument("--no-figures", action="store_true", help="write the data files only")
     parser.add_argument("--format", default="png", choices=["png", "pdf", "svg"], help="image format (default: png)")
     add_data_dir(parser)
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines or bars (the result still prints)")
     parser.add_argument("--json", action="store_true", help="print the record as JSON")
 
 

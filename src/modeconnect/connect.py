@@ -34,6 +34,7 @@ from .methods import DEFAULT_METHOD, get_method
 from .methods.base import Checkpoint, Outcome, Progress
 from .params import Point, check_compatible, point_from_module
 from .path import Path
+from .progress import open_task
 from .settings import apply_overrides, to_dict
 from .train import Objective
 
@@ -157,13 +158,14 @@ def run_proof(path: Path, energy: Energy, *, threshold: float, tolerance: float,
     from .proof import ProofConfig, prove
 
     def report(step: dict[str, Any]) -> None:
-        if progress is not None:
-            progress(f"proving piece {step['segment']}: round {step['round']}, {step['n_subintervals']} "
-                     f"sub-interval(s), bound {step['upper_bound']:.4g}, {step['failing']} above the level")
+        bar.update(step["segment"])
+        bar.say(f"proving piece {step['segment']}: round {step['round']}, {step['n_subintervals']} "
+                f"sub-interval(s), bound {step['upper_bound']:.4g}, {step['failing']} above the level")
 
     start = time.perf_counter()
-    proof = prove(path, energy, config or ProofConfig(), threshold=threshold, tolerance=tolerance,
-                  sampled=certificate, progress=report)
+    with open_task(progress, "proving", total=path.n_pieces) as bar:
+        proof = prove(path, energy, config or ProofConfig(), threshold=threshold, tolerance=tolerance,
+                      sampled=certificate, progress=report)
     return proof, time.perf_counter() - start
 
 
@@ -317,7 +319,10 @@ def connect_path(
                  f"{certification.resolution:g}")
     start = time.perf_counter()
     tolerance = getattr(config, "tolerance", 1.0)
-    connection.certificate = certify(path, energy, certification, threshold=threshold, tolerance=tolerance)
+    with open_task(progress, "certifying", total=path.n_pieces) as bar:
+        connection.certificate = certify(
+            path, energy, certification, threshold=threshold, tolerance=tolerance,
+            on_evaluated=lambda piece, n: bar.update(piece, info=f"piece {piece + 1}, {n} evaluations"))
     connection.certification_time_s = time.perf_counter() - start
     if prove is not False and prove is not None:
         if progress is not None:

@@ -175,9 +175,13 @@ class Objective:
     inputs: Tensor
     targets: Tensor
     loss: Metric | str = Metric.MSE
+    l2: float = 0.0
+    """Ridge coefficient kappa: ``kappa * (sum of squared parameters)`` is added to the training loss (0: none)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loss", as_metric(self.loss))
+        if isinstance(self.l2, bool) or not isinstance(self.l2, (int, float)) or not 0 <= self.l2 < float("inf"):
+            raise ConfigError(f"l2 (the ridge coefficient) must be a finite number >= 0, got {self.l2!r}")
         if not self.loss.differentiable:
             why = ("is not differentiable" if self.loss is Metric.ERROR_RATE else
                    "is not a training loss (it is exp of the mean cross-entropy: minimising one minimises both)")
@@ -188,7 +192,7 @@ class Objective:
             raise ConfigError("the training data is empty")
 
     def describe(self) -> dict[str, Any]:
-        return {"loss": self.loss.value, "n_samples": len(self.inputs)}
+        return {"loss": self.loss.value, "n_samples": len(self.inputs), **({"l2": self.l2} if self.l2 else {})}
 
 
 @dataclass(frozen=True)
@@ -342,6 +346,8 @@ def train_to_target(
             seen = params if perturb is None else perturb(params, step)
             outputs = energy.train_forward(seen | buffers, x)
             loss = metric_sum(objective.loss, outputs, y) / metric_count(objective.loss, y)
+            if objective.l2:
+                loss = loss + objective.l2 * sum(torch.sum(p**2) for p in seen.values())
             if config.proximal:
                 loss = loss + 0.5 * config.proximal * sum(torch.sum((p - origin[k]) ** 2) for k, p in params.items())
             if extra_loss is not None:

@@ -34,9 +34,10 @@ from ..errors import ConfigError, StoreError
 from ..methods import METHODS
 from ..params import distance
 from ..path import Path
+from ..progress import bars_only, open_task
 from ..seeding import derive_seed
 from .connect_run import ConnectRunConfig, EndpointTrainingError, run_connect
-from .executors import Executor, make_executor
+from .executors import Executor, InProcessExecutor, make_executor
 from .store import RUNS_DIR, TABLE_CSV, TABLE_JSON, SweepDirectory
 from .sweep import finished_unit, mean_stderr, result_row, tidy_csv
 
@@ -139,8 +140,19 @@ class CompareConfig:
         return derive_seed(self.seed, "pair", pair)
 
     def unit(self, method: str, pair: int) -> ConnectRunConfig:
-        return replace(self.base, method=method, seed=self.pair_seed(pair),
-                       method_settings=dict(self.settings.get(method, {})))
+        """Method ``method``'s run on pair ``pair``. Every unit runs at the first method's level and with its
+        endpoint training (it adopts that method's endpoints): where a task sets other defaults for this
+        method (``Task.method_defaults``), the first method's values are pinned as explicit settings."""
+        config = replace(self.base, method=method, seed=self.pair_seed(pair),
+                         method_settings=dict(self.settings.get(method, {})))
+        if method == self.methods[0]:
+            return config
+        first, mine = replace(config, method=self.methods[0], method_settings={}).resolve(), config.resolve()
+        if mine.threshold != first.threshold:
+            config = replace(config, threshold=first.threshold)
+        if mine.endpoint_training != first.endpoint_training:
+            config = replace(config, endpoint_training=first.endpoint_training.to_dict())
+        return config
 
 
 class CompareDirectory(SweepDirectory):
@@ -164,10 +176,12 @@ class CompareDirectory(SweepDirectory):
         return (FsPath(root) / COMPARE).is_file()
 
 
-def compare_unit(config: dict[str, Any], out: str, endpoints_from: str | None) -> tuple[dict | None, str | None]:
+def compare_unit(config: dict[str, Any], out: str, endpoints_from: str | None,
+                 progress: Callable[[str], None] | None = None) -> tuple[dict | None, str | None]:
     """Run (or resume, or read back) one (method, pair) unit; a worker's entry point."""
     try:
-        return run_connect(ConnectRunConfig.from_dict(config), out, endpoints_from=endpoints_from), None
+        return run_connect(ConnectRunConfig.from_dict(config), out, endpoints_from=endpoints_from,
+                           progress=progress), None
     except EndpointTrainingError as exc:
         return None, str(exc)
 
@@ -291,6 +305,8 @@ def _run_locked(config: CompareConfig, directory: CompareDirectory, out: str, ex
     if todo:
         say(f"comparing {len(config.methods)} method(s) on {config.pairs} pair(s) of {config.base.task}; "
             f"running {todo} on {executor.describe()}")
+    bar = open_task(say, "compare: runs", total=todo)
+    inner = (bars_only(say),) if isinstance(executor, InProcessExecutor) else ()  # each run's bars, here
     try:
         for phase, work in enumerate(phases):
             if phase == 1:
@@ -300,15 +316,17 @@ def _run_locked(config: CompareConfig, directory: CompareDirectory, out: str, ex
                             "endpoint_failed":
                         record(u, (None, rows[(first, u[1])]["message"]))
             args = [(config.unit(*u).to_dict(), str(dirs[u]), None if phase == 0 else str(dirs[(first, u[1])]))
-                    for u in work]
+                    + inner for u in work]
             for index, outcome in executor.map(compare_unit, args):
                 unit = work[index]
                 record(unit, outcome)
                 save()
                 done_count += 1
+                bar.update(done_count, info=f"last: {unit[0]} pair {unit[1]}")
                 say(f"{unit[0]} pair {unit[1]}: {_describe(rows[unit])} "
                     f"[{done_count}/{todo} done, {time.perf_counter() - clock:.0f}s]")
     finally:
+        bar.close()
         if owned:
             executor.close()
     current = save()

@@ -1,7 +1,9 @@
 """Connected components of a level set: ``modeconnect components``.
 
 N models of a task are trained once (model i from a seed derived from the base seed) to the task's endpoint
-fraction of the lowest level, and stored under ``models/``. At every level L, in increasing order, pairs of
+fraction of the lowest level, and stored under ``models/``. For a task whose endpoint B is derived from A
+rather than trained (the permutation control, the Section 2.3.1 counterexample), odd-numbered models are that
+derived B of their own seed's A, so both kinds of endpoint are counted. At every level L, in increasing order, pairs of
 models are connected only *across* the components found so far (a union-find), in rounds:
 
 * each round pairs up the current components by a greedy maximal matching (components ordered by their
@@ -42,13 +44,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path as FsPath
 from typing import Any
 
-from .._io import read_json, read_tensors, write_json
+from .._io import read_json, read_tensors, write_json, write_tensors
 from ..errors import ConfigError, StoreError
 from ..params import Point, check_compatible
+from ..progress import bars_only, open_task
 from ..seeding import derive_seed
 from .connect_run import ConnectRunConfig, EndpointTrainingError, run_connect, thread_limit
 from .endpoint_store import ENDPOINT_FILE, ENDPOINT_JSON, single_endpoint
-from .executors import Executor, make_executor
+from .executors import Executor, InProcessExecutor, make_executor
 from .store import FAILED, RUNS_DIR, RunDirectory, SweepDirectory, _open_identified
 from .sweep import finished_unit, tidy_csv
 
@@ -227,22 +230,34 @@ def _model_done(out: FsPath) -> tuple[float | None, str | None] | None:
     return None
 
 
-def train_model(config: dict[str, Any], out: str) -> tuple[float | None, str | None]:
-    """Train (or read back) one model; returns (its energy, None) or (None, why it did not train)."""
+def train_model(config: dict[str, Any], out: str, derived: bool = False) -> tuple[float | None, str | None]:
+    """Train (or read back) one model; returns (its energy, None) or (None, why it did not train).
+
+    ``derived``: the model is the task's endpoint B derived from the endpoint A of its seed (tasks with
+    ``derive_endpoint_b``, whose second endpoint is constructed rather than trained: the permutation control,
+    the Section 2.3.1 counterexample); odd-numbered models of such a task are derived, so both kinds of
+    endpoint take part in the count."""
     root = FsPath(out)
     done = _model_done(root)
     if done is not None:
         return done
     run = ConnectRunConfig.from_dict(config).resolve()
+    derived = derived and run.task.derive_endpoint_b is not None
     root.mkdir(parents=True, exist_ok=True)
     with thread_limit(run.task.threads):
         try:
-            point = single_endpoint(run, "a", root, None, lambda message: None)
+            point = single_endpoint(run, "a", None if derived else root, None, lambda message: None)
         except EndpointTrainingError as exc:
             write_json(root / FAILED, {"status": "endpoint_failed", "message": str(exc)})
             return None, str(exc)
+        if derived:
+            point = run.task.derive_endpoint_b(point)
+            digest = write_tensors(root / ENDPOINT_FILE, point)
+            write_json(root / ENDPOINT_JSON, {"identity": {"task": run.task.name, "seed": run.config.seed,
+                                                           "endpoint": "b, derived from a"}, "sha256": digest})
         energy = float(run.task.energy(point))
-    write_json(root / MODEL_JSON, {"energy": energy, "init_seed": derive_seed(run.config.seed, "endpoint", "a")})
+    write_json(root / MODEL_JSON, {"energy": energy, "init_seed": derive_seed(run.config.seed, "endpoint", "a"),
+                                   "derived_endpoint_b": derived})
     return energy, None
 
 
@@ -255,7 +270,8 @@ def load_model(root: str | os.PathLike, like: Point) -> Point:
     return {k: point[k] for k in like}
 
 
-def connect_models(config: dict[str, Any], out: str, model_a: str, model_b: str) -> tuple[dict | None, str | None]:
+def connect_models(config: dict[str, Any], out: str, model_a: str, model_b: str,
+                   progress: Callable[[str], None] | None = None) -> tuple[dict | None, str | None]:
     """Connect two stored models (adopted as the run's endpoints A and B, not retrained); run, resume or read back."""
     done = finished_unit(out)
     if done is not None:
@@ -269,7 +285,7 @@ def connect_models(config: dict[str, Any], out: str, model_a: str, model_b: str)
             if store.endpoint(which, run.task.energy.template) is None:
                 store.save_endpoint(which, load_model(source, run.task.energy.template))
     try:
-        return run_connect(cfg, out), None
+        return run_connect(cfg, out, progress=progress), None
     except EndpointTrainingError as exc:
         return None, str(exc)
 
@@ -330,12 +346,14 @@ class _Session:
                 self._record_model(i, done)
         if todo:
             self.say(f"training {len(todo)} model(s) to the endpoint fraction of L={config.model_level:g}")
-        args = [(config.model_config(i).to_dict(), str(self.dir.model_dir(i))) for i in todo]
-        for index, outcome in self.executor.map(train_model, args):
-            self._record_model(todo[index], outcome)
-            energy = outcome[0]
-            self.say(f"model {todo[index]}: " + (f"energy {energy:.4g}" if energy is not None else "did NOT train")
-                     + f" [{time.perf_counter() - self.clock:.0f}s]")
+        args = [(config.model_config(i).to_dict(), str(self.dir.model_dir(i)), i % 2 == 1) for i in todo]
+        with open_task(self.say, "training models", total=len(todo)) as bar:
+            for index, outcome in self.executor.map(train_model, args):
+                self._record_model(todo[index], outcome)
+                energy = outcome[0]
+                bar.advance()
+                self.say(f"model {todo[index]}: " + (f"energy {energy:.4g}" if energy is not None else
+                                                     "did NOT train") + f" [{time.perf_counter() - self.clock:.0f}s]")
         self.models = dict(sorted(self.models.items()))
 
     def _record_model(self, i: int, outcome: tuple[float | None, str | None]) -> None:
@@ -389,14 +407,17 @@ class _Session:
                 outcomes[pair] = done
         if todo:
             self.say(f"L={level:g} round {number}: connecting {len(todo)} pair(s) across components")
+        inner = (bars_only(self.say),) if isinstance(self.executor, InProcessExecutor) else ()  # each unit's bars
         args = [(self.config.unit(level, *p).to_dict(), str(self.dir.unit_dir(level, *p)),
-                 str(self.dir.model_dir(p[0])), str(self.dir.model_dir(p[1]))) for p in todo]
-        for index, outcome in self.executor.map(connect_models, args):
-            pair = todo[index]
-            outcomes[pair] = outcome
-            self.ran += 1
-            self.say(f"L={level:g} models {pair[0]}-{pair[1]}: {_describe(outcome[0], outcome[1])} "
-                     f"[{time.perf_counter() - self.clock:.0f}s]")
+                 str(self.dir.model_dir(p[0])), str(self.dir.model_dir(p[1]))) + inner for p in todo]
+        with open_task(self.say, f"L={level:g} round {number}: pairs", total=len(todo)) as bar:
+            for index, outcome in self.executor.map(connect_models, args):
+                pair = todo[index]
+                outcomes[pair] = outcome
+                self.ran += 1
+                bar.advance()
+                self.say(f"L={level:g} models {pair[0]}-{pair[1]}: {_describe(outcome[0], outcome[1])} "
+                         f"[{time.perf_counter() - self.clock:.0f}s]")
         return outcomes
 
     def _unit_row(self, level: float, pair: tuple[int, int], result: dict | None, failure: str | None) -> dict:

@@ -31,6 +31,7 @@ from ..errors import ConfigError, ModeconnectError
 from ..methods import DEFAULT_METHOD, METHODS, get_method
 from ..params import Point
 from ..path import Path
+from ..progress import open_task, training_reporter
 from ..proof import ProofConfig
 from ..seeding import derive_seed
 from ..settings import apply_overrides, from_dict, to_dict
@@ -137,6 +138,8 @@ class ConnectRunConfig:
         """Build the task and every config with the task's defaults filled in."""
         task = make_task(self.task, **self.task_options())
         cls = METHODS[self.method]
+        if hasattr(cls, "check_energy"):  # a method that cannot apply to this model says so before any training
+            cls.check_energy(task.energy)
         defaults = cls.Config()
         if hasattr(defaults, "bead_training"):  # methods that train points start from the task's bead training
             defaults = replace(defaults, bead_training=task.bead_training)
@@ -144,10 +147,14 @@ class ConnectRunConfig:
             defaults = replace(defaults, narrow_training=replace(task.endpoint_training, dropout=0.0))
         if hasattr(defaults, "seed"):
             defaults = replace(defaults, seed=self.seed)
-        method_config = apply_overrides(defaults, self.method_settings)
-        endpoint = apply_overrides(task.endpoint_training, self.endpoint_training)
+        own = task.defaults_for(self.method)  # the task's defaults for this method, under the user's settings
+        method_config = apply_overrides(apply_overrides(defaults, own.get("method_settings", {})),
+                                        self.method_settings)
+        endpoint = apply_overrides(apply_overrides(task.endpoint_training, own.get("endpoint_training", {})),
+                                   self.endpoint_training)
         certify = apply_overrides(CertifyConfig(resolution=task.certify_resolution), self.certify)
-        threshold = task.default_threshold if self.threshold is None else float(self.threshold)
+        threshold = float(own.get("threshold", task.default_threshold)) if self.threshold is None \
+            else float(self.threshold)
         proof = apply_overrides(ProofConfig(), self.proof) if self.prove else None
         return ResolvedRun(self, task, threshold, method_config, endpoint, certify, proof)
 
@@ -201,8 +208,10 @@ def train_endpoint(task: Task, which: str, seed: int, target: float, config: Tra
 
         perturb = dropout_perturbation(hidden_units(model), config.dropout, seed)
         say(f"endpoint {which.upper()} is trained with unit dropout p={config.dropout:g} (a fresh mask per step)")
-    point, status = train_to_target(start, energy=task.energy, objective=task.objective, target=target,
-                                    config=config, seed=seed, perturb=perturb)
+    with open_task(say, f"endpoint {which.upper()}", total=config.max_steps) as bar:
+        point, status = train_to_target(start, energy=task.energy, objective=task.objective, target=target,
+                                        config=config, seed=seed, perturb=perturb,
+                                        on_check=training_reporter(bar, target))
     if not status.reached:
         raise EndpointTrainingError(
             f"endpoint {which.upper()} reached energy {status.final_energy:.4g} after {status.steps} steps "

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path as FsPath
@@ -81,18 +80,16 @@ def add_dropout_parser(sub, add_data_dir: Callable[[argparse.ArgumentParser], No
     parser.add_argument("--mask-seed", type=int, default=0, help="seed of the masks (default: 0)")
     parser.add_argument("--out", metavar="DIR", required=True, help="where masks, numbers and the endpoint go")
     add_data_dir(parser)
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines or bars (the result still prints)")
     parser.add_argument("--json", action="store_true", help="print the record as JSON")
     return parser
 
 
 def dropout_command(args: argparse.Namespace) -> int:
     """Run ``modeconnect dropout`` from parsed arguments."""
-    start = time.perf_counter()
+    from ..progress import Reporter
 
-    def say(message: str) -> None:
-        if not args.quiet:
-            print(f"[{time.perf_counter() - start:7.1f}s] {message}", file=sys.stderr, flush=True)
+    say = Reporter(args.quiet)  # timestamped lines, live bars on a terminal
 
     from ..cli_settings import endpoint_source_from
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path as FsPath
 from typing import Any
@@ -116,18 +114,16 @@ def add_noise_parser(sub, add_data_dir: Callable[[argparse.ArgumentParser], None
     parser.add_argument("--device", default="cpu", help="torch device of the measurement (default: cpu)")
     parser.add_argument("--out", metavar="DIR", required=True, help="where the endpoint and noise_stability.json go")
     add_data_dir(parser)
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines or bars (the result still prints)")
     parser.add_argument("--json", action="store_true", help="print the record as JSON")
     return parser
 
 
 def noise_command(args: argparse.Namespace) -> int:
     """Run ``modeconnect noise-stability`` from parsed arguments."""
-    start = time.perf_counter()
+    from ..progress import Reporter
 
-    def say(message: str) -> None:
-        if not args.quiet:
-            print(f"[{time.perf_counter() - start:7.1f}s] {message}", file=sys.stderr, flush=True)
+    say = Reporter(args.quiet)  # timestamped lines, live bars on a terminal
 
     from ..cli_settings import endpoint_source_from
 

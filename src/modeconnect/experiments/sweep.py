@@ -26,9 +26,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import ConfigError
+from ..progress import bars_only, open_task
 from ..seeding import derive_seed
 from .connect_run import ConnectRunConfig, EndpointTrainingError, run_connect
-from .executors import Executor, make_executor
+from .executors import Executor, InProcessExecutor, make_executor
 from .store import RunDirectory, SweepDirectory
 
 __all__ = ["SweepConfig", "run_sweep", "aggregate", "pair_row", "table_csv", "tidy_csv", "finished_unit", "result_row",
@@ -204,10 +205,11 @@ def table_csv(table: dict[str, Any]) -> str:
     return tidy_csv((("pair", table["rows"]), ("level", table["aggregates"])), PAIR_FIELDS + LEVEL_FIELDS)
 
 
-def run_unit(config: dict[str, Any], out: str) -> tuple[dict[str, Any] | None, str | None]:
+def run_unit(config: dict[str, Any], out: str, progress: Callable[[str], None] | None = None,
+             ) -> tuple[dict[str, Any] | None, str | None]:
     """Run (or resume, or read back) one pair; a worker's entry point. Returns (result, failure message)."""
     try:
-        return run_connect(ConnectRunConfig.from_dict(config), out), None
+        return run_connect(ConnectRunConfig.from_dict(config), out, progress=progress), None
     except EndpointTrainingError as exc:
         return None, str(exc)
 
@@ -286,13 +288,16 @@ def _run_sweep_locked(config: SweepConfig, sweep: SweepDirectory, out: str, exec
         f"running {len(todo)} on {executor.describe()}")
     clock = time.perf_counter()
     try:
-        for k, (index, outcome) in enumerate(
-                executor.map(run_unit, [(config.unit(*u).to_dict(), dirs[u]) for u in todo]), start=1):
-            unit = todo[index]
-            record(unit, outcome)
-            save()
-            say(f"L0={unit[0]:g} pair {unit[1]}: {_describe_row(rows[unit])} "
-                f"[{k}/{len(todo)} done, {time.perf_counter() - clock:.0f}s]")
+        inner = (bars_only(say),) if isinstance(executor, InProcessExecutor) else ()  # each pair's bars, here
+        with open_task(say, "sweep: pairs", total=len(todo)) as bar:
+            for k, (index, outcome) in enumerate(
+                    executor.map(run_unit, [(config.unit(*u).to_dict(), dirs[u]) + inner for u in todo]), start=1):
+                unit = todo[index]
+                record(unit, outcome)
+                save()
+                bar.update(k, info=f"last: L0={unit[0]:g} pair {unit[1]}")
+                say(f"L0={unit[0]:g} pair {unit[1]}: {_describe_row(rows[unit])} "
+                    f"[{k}/{len(todo)} done, {time.perf_counter() - clock:.0f}s]")
     finally:
         if owned:
             executor.close()

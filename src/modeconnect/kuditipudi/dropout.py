@@ -37,6 +37,7 @@ from torch import Tensor
 
 from .._io import read_json, read_tensors, write_json, write_tensors
 from ..errors import ConfigError, StoreError
+from ..progress import open_task
 from .units import UnitSpec, scale_outgoing, zero_outgoing, zero_units
 
 __all__ = ["Mask", "DropoutConfig", "DropoutReport", "keep_count", "sample_masks", "apply_dropout",
@@ -228,14 +229,17 @@ def dropout_stability(point: Mapping[str, Tensor], energy, spec: UnitSpec, confi
     n_layers = len(spec.layers)
     jobs = [(m, i) for m in range(len(masks)) for i in range(1, n_layers + 1)]
     values = torch.empty(len(jobs), dtype=torch.float64)
+    bar = open_task(say, f"dropout p={config.p:g}: networks", total=len(jobs))
     for lo in range(0, len(jobs), config.chunk):
         batch = jobs[lo : lo + config.chunk]
         points = [apply_dropout(point, spec, masks[m], config.r, from_layer=i) for m, i in batch]
         stacked = {k: torch.stack([p[k] for p in points]) for k in point}
         values[lo : lo + len(batch)] = energy.evaluate(stacked).to(torch.float64)
-        say(f"dropout p={config.p:g}: evaluated {min(lo + len(batch), len(jobs))} of {len(jobs)} dropped-out "
+        bar.update(min(lo + len(batch), len(jobs)))
+        bar.say(f"dropout p={config.p:g}: evaluated {min(lo + len(batch), len(jobs))} of {len(jobs)} dropped-out "
             f"networks ({len(masks)} masks x {n_layers} layers), best theta_1 so far "
             f"{float(values[:lo + len(batch)].reshape(-1)[::n_layers].min()):.4g}")
+    bar.close()
     values = torch.nan_to_num(values, nan=float("inf")).reshape(len(masks), n_layers)
     report = DropoutReport(p=float(config.p), r=config.r, n_masks=len(masks), layers=spec.names(), sizes=spec.sizes,
                            kept=keep, energy=float(energy(dict(point))), energies=values.tolist(),

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from torch.func import jvp, vjp
 
 from ..errors import ConfigError
+from ..progress import open_task
 from ..settings import from_dict, to_dict
 
 __all__ = ["NoiseStabilityConfig", "NoiseStabilityReport", "LayerStack", "WEIGHT_MODULES", "BETWEEN_MODULES",
@@ -587,6 +588,7 @@ def noise_stability(model: nn.Module, inputs: Tensor, config: NoiseStabilityConf
     iters: dict[str, int] = {f"{i},{j}": 0 for i, j in inter}
     unconverged: dict[str, int] = {f"{i},{j}": 0 for i, j in inter}
     batches = range(0, n, config.batch_size)
+    bar = open_task(say, "noise stability: steps", total=len(batches) * (len(inter) + 1))
     for b, start in enumerate(batches):
         x0 = stack.prepare(inputs[start:start + config.batch_size].to(dtype))
         with torch.no_grad():
@@ -608,8 +610,9 @@ def noise_stability(model: nn.Module, inputs: Tensor, config: NoiseStabilityConf
             sigma_of[(i, j)] += sigma.tolist()
             iters[f"{i},{j}"] = max(iters[f"{i},{j}"], used)
             unconverged[f"{i},{j}"] += int((~ok).sum())
-            say(f"batch {b + 1}/{len(batches)}: ||J^{{{i},{j}}}||_2 of {len(x0)} samples by power iteration, "
-                f"{used} iterations, {time.perf_counter() - tick:.1f}s")
+            bar.advance()
+            bar.say(f"batch {b + 1}/{len(batches)}: ||J^{{{i},{j}}}||_2 of {len(x0)} samples by power iteration, "
+                    f"{used} iterations, {time.perf_counter() - tick:.1f}s")
         tick = time.perf_counter()
         with torch.no_grad():
             spread = {i: torch.zeros(len(x0), dtype=dtype, device=device) for i in range(1, d)}
@@ -633,8 +636,10 @@ def noise_stability(model: nn.Module, inputs: Tensor, config: NoiseStabilityConf
                     draws[k][i] += best[i].tolist()
             for i in range(1, d):
                 deloc[i] += spread[i].tolist()
-        say(f"batch {b + 1}/{len(batches)}: interlayer smoothness over {len(masks)} dropout draws x "
-            f"{config.t_points} t, {time.perf_counter() - tick:.1f}s")
+        bar.advance()
+        bar.say(f"batch {b + 1}/{len(batches)}: interlayer smoothness over {len(masks)} dropout draws x "
+                f"{config.t_points} t, {time.perf_counter() - tick:.1f}s")
+    bar.close()
     return NoiseStabilityReport(
         config=config, layers=layers, layer_cushion=cushion, interlayer_cushion=inter, spectral_norm=sigma_of,
         activation_contraction=contraction, smoothness_draws=draws, output_norm=out_norm, delocalisation=deloc,

@@ -16,6 +16,7 @@ from .greedy_dss import DSSConfig, DSSState, GreedyDSS, Order, Reason, SegmentRe
 from .kuditipudi_dropout import KuditipudiDropout
 from .kuditipudi_narrow import KuditipudiNarrow
 from .kuditipudi_noise import KuditipudiNoise
+from .linear_construction import LinearConstruction
 from .neb import NEB
 from .string_evolution import StringEvolution
 
@@ -33,6 +34,7 @@ METHODS: dict[str, type] = {
     KuditipudiDropout.name: KuditipudiDropout,
     KuditipudiNoise.name: KuditipudiNoise,
     KuditipudiNarrow.name: KuditipudiNarrow,
+    LinearConstruction.name: LinearConstruction,
 }
 """Every registered path method, by name."""
 

@@ -12,7 +12,9 @@ A method is a class with
   default and a docstring, so CLI flags and recorded configs derive from it;
 * ``State``: a dataclass of resumable bookkeeping with ``to_dict`` / ``from_dict`` (saved with the path
   after every checkpoint under the method's name);
-* ``run(start, energy, *, threshold, config, objective, state, checkpoint, progress)``.
+* ``run(start, energy, *, threshold, config, objective, state, checkpoint, progress)``;
+* optionally ``check_energy(energy)`` (a static method): raise ConfigError when the method cannot apply to
+  the energy's model at all; a run calls it when it resolves its config, before endpoints are trained.
 """
 
 from __future__ import annotations

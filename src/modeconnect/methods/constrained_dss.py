@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
@@ -37,6 +37,7 @@ from ..energy import Energy
 from ..errors import ConfigError
 from ..params import Point, distance, interpolate
 from ..path import Path, Straight
+from ..progress import open_task, training_reporter
 from ..seeding import derive_seed
 from ..train import Objective, TrainConfig, TrainStatus, train_to_target
 from .base import Checkpoint, Outcome, Progress, as_enum
@@ -205,7 +206,8 @@ def constraint_terms(theta: Mapping[str, Tensor], a: Mapping[str, Tensor], b: Ma
 def train_on_hyperplane(start: Mapping[str, Tensor], a: Mapping[str, Tensor], b: Mapping[str, Tensor], *,
                         energy: Energy, objective: Objective, target: float, config: TrainConfig, seed: int,
                         constraint: Constraint, zeta: float, kappa: float,
-                        kappa_form: KappaForm = KappaForm.OFFSET) -> tuple[Point, TrainStatus]:
+                        kappa_form: KappaForm = KappaForm.OFFSET,
+                        on_check: Callable[[int, float], None] | None = None) -> tuple[Point, TrainStatus]:
     """Train a bead between neighbours ``a`` and ``b`` until ``energy <= target`` (or a stop of train.py's).
 
     The loss is the objective plus :func:`constraint_terms` (kappa only under PENALTY). Under PROJECT the point
@@ -220,7 +222,7 @@ def train_on_hyperplane(start: Mapping[str, Tensor], a: Mapping[str, Tensor], b:
         def terms(params: dict[str, Tensor]) -> Tensor:
             return constraint_terms(params, a, b, zeta=zeta, kappa=kappa, kappa_form=kappa_form, plane=plane)["total"]
     return train_to_target(start, energy=energy, objective=objective, target=target, config=config, seed=seed,
-                           extra_loss=terms, project=plane.project_ if project else None)
+                           extra_loss=terms, project=plane.project_ if project else None, on_check=on_check)
 
 
 def chord_position(theta: Mapping[str, Tensor], a: Mapping[str, Tensor],
@@ -294,10 +296,12 @@ class ConstrainedDSS:
             t_star = choose_tstar(ts, values, config, threshold)
             start_point = interpolate(a, b, t_star)
             tick = time.perf_counter()
-            bead, train = train_on_hyperplane(
-                start_point, a, b, energy=energy, objective=objective, target=target, config=config.bead_training,
-                seed=derive_seed(config.seed, "bead", state.beads_trained), constraint=config.constraint,
-                zeta=config.zeta, kappa=config.kappa, kappa_form=config.kappa_form)
+            with open_task(say, f"bead {state.beads_trained + 1}", total=config.bead_training.max_steps) as bar:
+                bead, train = train_on_hyperplane(
+                    start_point, a, b, energy=energy, objective=objective, target=target,
+                    config=config.bead_training, seed=derive_seed(config.seed, "bead", state.beads_trained),
+                    constraint=config.constraint, zeta=config.zeta, kappa=config.kappa,
+                    kappa_form=config.kappa_form, on_check=training_reporter(bar, target))
             state.bead_training_s += time.perf_counter() - tick
             state.beads_trained += 1
             state.bead_log.append(_bead_record(bead, start_point, a, b, path, i, seg, t_star, energy, train))

@@ -61,6 +61,7 @@ from ..errors import ConfigError
 from ..metrics import metric_count, metric_sum
 from ..params import Point, distance
 from ..path import Bezier, Path, Straight
+from ..progress import Task, open_task
 from ..seeding import derive_seed
 from ..train import Minibatches, Objective, TrainConfig, make_optimizer
 from .base import Checkpoint, Outcome, Progress, check_state_fields
@@ -263,6 +264,7 @@ class _Training:
         self.method, self.kind, self.energy, self.threshold = method, method.name, energy, threshold
         self.config, self.objective, self.checkpoint = config, objective, checkpoint
         self.say = progress or (lambda line: None)
+        self.bar = Task()  # the training bar while run() trains (a no-op otherwise)
         self.a, self.b = start.beads[0], start.beads[-1]
         self.state = state or CurveState()
         self.init = self.initial_control()
@@ -335,6 +337,7 @@ class _Training:
             state.recent = [*state.recent[-(history_every - 1):], value] if history_every > 1 else [value]
             if state.steps_done % history_every == 0:
                 state.history.append([state.steps_done, sum(state.recent) / len(state.recent)])
+                self.bar.update(state.steps_done, info=f"mean objective {state.history[-1][1]:.4g}")
         self.c = {k: (v if is_buffer_key(k) else params[k].detach().clone()) for k, v in self.c.items()}
 
     def fit_statistics(self, path: Path) -> str | None:
@@ -391,6 +394,8 @@ class _Training:
         say(f"{self.kind}: training c ({n_params:,} parameters) for {config.steps} steps, {config.t_samples} t "
             f"sample(s) per step, from step {state.steps_done}; the straight segment's grid maximum is "
             f"{state.start_max_energy:.4g} (L0 {self.threshold:.4g})")
+        self.bar = open_task(self.say, f"{self.kind}: training c", total=config.steps)
+        self.bar.update(state.steps_done)
         while state.steps_done < config.steps and not state.diverged:
             chunk = state.steps_done // config.chunk
             tick = time.perf_counter()
@@ -402,6 +407,7 @@ class _Training:
                 f"{len(state.recent)} step(s)")
             if state.steps_done < config.steps and not state.diverged and self.checkpoint is not None:
                 self.checkpoint(self.method.make_path(self.a, self.c, self.b), state)
+        self.bar.close()
         return self.finish(n_params)
 
     def finish(self, n_params: int) -> tuple[Path, Outcome]:

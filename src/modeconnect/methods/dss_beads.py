@@ -119,14 +119,16 @@ def restart_ts(t_star: float, shift: float, restarts: int, seed: int) -> list[fl
 
 def train_bead(left: Point, right: Point, t_star: float, *, energy: Energy, objective: Objective, target: float,
                config: TrainConfig, constraint: BeadConstraint, restarts: int, shift: float, perturbation: float,
-               seed: int, ends: tuple[Point, Point]) -> tuple[Point, TrainStatus, dict[str, Any]]:
+               seed: int, ends: tuple[Point, Point], on_check: Callable[[int, float], None] | None = None,
+               ) -> tuple[Point, TrainStatus, dict[str, Any]]:
     """Train a bead started at ``t_star`` on the segment ``left``-``right``; returns ``(bead, status, log)``.
 
     When training is stuck, it restarts up to ``restarts`` times (see :func:`restart_ts`), each from the
     segment point ``shift`` further along plus seeded noise of norm ``perturbation * |left - right|``
     (orthogonal to the segment under the hyperplane constraint); the first restart that is not stuck is
     kept. ``ends`` are the path's endpoints: geometry in ``log`` is relative to their distance, and the
-    displacement is measured from the point the kept training started from.
+    displacement is measured from the point the kept training started from. ``on_check`` is passed to
+    :func:`~modeconnect.train.train_to_target` (progress displays; a restart starts again from step 0).
     """
     start = interpolate(left, right, t_star)
     normal = ({k: right[k] - left[k] for k in left if not is_buffer_key(k)}
@@ -134,7 +136,7 @@ def train_bead(left: Point, right: Point, t_star: float, *, energy: Energy, obje
     if normal is not None and not any(bool(v.any()) for v in normal.values()):
         normal = None  # identical neighbours: no segment direction to stay orthogonal to
     kwargs = dict(energy=energy, objective=objective, target=target, config=config, seed=seed,
-                  hyperplane_normal=normal)
+                  hyperplane_normal=normal, on_check=on_check)
     bead, status = train_to_target(start, **kwargs)
     log: dict[str, Any] = {"start_energy": energy(start), "stuck_reason": None, "restarts": 0, "restart_t": None,
                            "restart_energy": None, "first_steps": status.steps}

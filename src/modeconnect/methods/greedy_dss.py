@@ -31,6 +31,7 @@ import torch
 from ..energy import Energy
 from ..errors import ConfigError
 from ..path import Path, Straight
+from ..progress import open_task, training_reporter
 from ..seeding import derive_seed
 from ..train import Objective, TrainConfig
 from .base import Checkpoint, Outcome, Progress, as_enum
@@ -362,11 +363,12 @@ def greedy_dss(
         t_star = choose_tstar(ts, values, config, threshold)
         bead_seed = derive_seed(config.seed, "bead", state.beads_trained)
         tick = time.perf_counter()
-        bead, train, geometry = train_bead(
-            path.beads[i], path.beads[i + 1], t_star, energy=energy, objective=objective, target=target,
-            config=config.bead_training, constraint=config.bead_constraint,
-            restarts=config.restarts, shift=config.restart_shift, perturbation=config.restart_perturbation,
-            seed=bead_seed, ends=(path.beads[0], path.beads[-1]))
+        with open_task(progress, f"bead {state.beads_trained + 1}", total=config.bead_training.max_steps) as bar:
+            bead, train, geometry = train_bead(
+                path.beads[i], path.beads[i + 1], t_star, energy=energy, objective=objective, target=target,
+                config=config.bead_training, constraint=config.bead_constraint,
+                restarts=config.restarts, shift=config.restart_shift, perturbation=config.restart_perturbation,
+                seed=bead_seed, ends=(path.beads[0], path.beads[-1]), on_check=training_reporter(bar, target))
         state.bead_training_s += time.perf_counter() - tick
         state.beads_trained += 1
         state.bead_log.append({"segment": i, "depth": seg.depth + 1, "t_star": t_star, "barrier": seg.max_energy,

@@ -322,17 +322,26 @@ class KuditipudiDropout:
         if state.finished and state.outcome is not None:
             return start, Outcome.from_dict(state.outcome)
         clock = time.perf_counter()
-        spec = hidden_units(energy.model)
         a, b = start.beads[0], start.beads[-1]
         metric = energy.metric
         ts = torch.linspace(0.0, 1.0, config.grid_size, dtype=torch.float64)
-        extras: dict[str, Any] = {"p": config.p, "grid_size": config.grid_size, "layers": spec.names(),
-                                  "sizes": spec.sizes, "metric": metric.value}
+        extras: dict[str, Any] = {"p": config.p, "grid_size": config.grid_size, "metric": metric.value}
         if config.straight_line:
             line = torch.nan_to_num(energy.along_segment(a, b, ts).to(torch.float64), nan=float("inf"))
             extras["straight_line_max_energy"] = float(line.max())
             extras["straight_line_argmax_t"] = float(ts[int(line.argmax())])
             say(f"straight segment A-B: max energy {extras['straight_line_max_energy']:.4g}")
+        try:
+            spec = hidden_units(energy.model)
+        except ConfigError as exc:  # the construction does not apply to this model: say so, as an outcome
+            message = f"the Theorem 1 construction does not apply to this model: {exc}"
+            say(message)
+            if "straight_line_max_energy" in extras:  # the returned path is the plain segment A-B
+                extras["max_interpolated_energy"] = extras["straight_line_max_energy"]
+            outcome = Outcome(connected=False, reason="not_applicable", message=message,
+                              elapsed_s=state.elapsed_s + time.perf_counter() - clock, extras=extras)
+            return self._finish(start, outcome, state, checkpoint)
+        extras.update(layers=spec.names(), sizes=spec.sizes)
         masks, reports = {}, {}
         for which, point in (("a", a), ("b", b)):
             dcfg = DropoutConfig(p=config.p, masks=config.masks, rescale=config.rescale,

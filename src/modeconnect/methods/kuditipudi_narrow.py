@@ -278,6 +278,11 @@ class KuditipudiNarrow:
     Config: ClassVar[type] = NarrowConfig
     State: ClassVar[type] = ConstructionState
 
+    @staticmethod
+    def check_energy(energy: Energy) -> None:
+        """ConfigError (naming the layer) when the model's hidden units cannot be read: before any training."""
+        hidden_units(energy.model)
+
     def run(self, start: Path, energy: Energy, *, threshold: float, config: NarrowConfig,
             objective: Objective | None = None, state: ConstructionState | None = None,
             checkpoint: Checkpoint | None = None, progress: Progress | None = None) -> tuple[Path, Outcome]:

@@ -8,7 +8,9 @@ from ..errors import ConfigError
 from .base import Task
 from .cifar import cifar10_task, cifar10_vgg_task
 from .controls import convex_task, permutation_task
+from .gaussian_mixture import gaussian_mixture_task
 from .kuditipudi_disconnected import kuditipudi_disconnected_task
+from .linear import linear_ridge_task, linear_task
 from .mnist import mnist_kuditipudi_task, mnist_mlp_task, mnist_task
 from .polynomial import polynomial_task
 from .ptb import ptb_task
@@ -23,6 +25,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "convex": convex_task,
     "permutation": permutation_task,
     "kuditipudi-disconnected": kuditipudi_disconnected_task,
+    "gaussian-mixture": gaussian_mixture_task,
     "mnist": mnist_task,
     "mnist-kuditipudi": mnist_kuditipudi_task,
     "mnist-mlp": mnist_mlp_task,
@@ -30,6 +33,8 @@ TASKS: dict[str, Callable[..., Task]] = {
     "cifar10-vgg": cifar10_vgg_task,
     "ptb": ptb_task,
     "teacher-student": teacher_student_task,
+    "linear": linear_task,
+    "linear-ridge": linear_ridge_task,
 }
 
 

@@ -14,7 +14,10 @@ from ..errors import ConfigError
 from ..params import Point
 from ..train import Objective, TrainConfig
 
-__all__ = ["Task", "budget_warning"]
+__all__ = ["Task", "budget_warning", "METHOD_DEFAULT_KEYS"]
+
+METHOD_DEFAULT_KEYS = ("threshold", "endpoint_training", "method_settings")
+"""What a task may set for one path method (``Task.method_defaults``)."""
 
 
 def budget_warning(name: str, bead: TrainConfig, endpoint: TrainConfig) -> str | None:
@@ -62,6 +65,11 @@ class Task:
     threads: int | None = None
     """Most torch threads worth using for this task's model (None: as many as the process has). Tiny models
     run fastest on one: a second thread only adds synchronisation (11x slower sweeps measured on 2 cores)."""
+    method_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Defaults this task sets for one path method, ``{method: {"threshold": L0, "endpoint_training": {...},
+    "method_settings": {...}}}``, applied under the user's own settings (a flag or a config value always wins)
+    and recorded like every resolved setting. For a method whose endpoints must be made differently, e.g.
+    Kuditipudi et al.'s Theorem 1 path, which needs endpoints whose dropout versions are in the level set."""
 
     def __post_init__(self) -> None:
         if not 0 < self.endpoint_fraction <= 1:
@@ -69,10 +77,24 @@ class Task:
                               f"endpoint_fraction * L0), got {self.endpoint_fraction}")
         if self.bead_training.max_steps < self.endpoint_training.max_steps:
             warnings.warn(budget_warning(self.name, self.bead_training, self.endpoint_training), stacklevel=3)
+        for method, defaults in self.method_defaults.items():
+            unknown = sorted(set(defaults) - set(METHOD_DEFAULT_KEYS))
+            if unknown:
+                raise ConfigError(f"task {self.name!r}: method_defaults[{method!r}] has unknown key(s) "
+                                  f"{', '.join(unknown)}; use {', '.join(METHOD_DEFAULT_KEYS)}")
+            threshold = defaults.get("threshold")
+            if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold < float("inf")):
+                raise ConfigError(f"task {self.name!r}: method_defaults[{method!r}] threshold must be a positive "
+                                  f"finite number, got {threshold!r}")
+
+    def defaults_for(self, method: str) -> dict[str, Any]:
+        """The task's defaults for ``method`` (empty when it sets none): see ``method_defaults``."""
+        return dict(self.method_defaults.get(method, {}))
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "options": dict(self.options),
                 "energy": self.energy.describe(), "objective": self.objective.describe(),
                 "endpoint_fraction": self.endpoint_fraction, "threads": self.threads,
                 "certify_resolution": self.certify_resolution,
+                **({"method_defaults": self.method_defaults} if self.method_defaults else {}),
                 "endpoint_b": "derived from endpoint A" if self.derive_endpoint_b else "trained from its own seed"}

@@ -24,6 +24,7 @@ import torch
 from ..._io import read_tensors, write_tensors
 from ...kuditipudi.dropout import DropoutConfig, apply_dropout, dropout_stability
 from ...kuditipudi.units import hidden_units
+from ...progress import open_task, training_reporter
 from ...tasks import make_task
 from ...train import TrainConfig, train_to_target
 from ..reproduce import UnitCache, claim
@@ -51,8 +52,10 @@ def _train(settings: dict[str, Any], width: int, out: FsPath, say: Callable[[str
     say(f"training the width-{width} convnet (at most {settings['max_steps']} steps)")
     config = TrainConfig(optimizer="adam", lr=2e-3, batch_size=64, check_every=100, max_steps=settings["max_steps"])
     start = task.energy.point_of(task.make_model(settings["seed"]))
-    point, status = train_to_target(start, energy=task.energy, objective=task.objective, target=TARGET_ERROR,
-                                    config=config, seed=settings["seed"])
+    with open_task(say, f"width-{width} convnet", total=config.max_steps) as bar:
+        point, status = train_to_target(start, energy=task.energy, objective=task.objective, target=TARGET_ERROR,
+                                        config=config, seed=settings["seed"],
+                                        on_check=training_reporter(bar, TARGET_ERROR))
     write_tensors(file, point)
     say(f"width {width}: test error {status.final_energy:.2f}% after {status.steps} steps")
     return task, point, status.steps

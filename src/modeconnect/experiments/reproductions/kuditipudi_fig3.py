@@ -25,6 +25,7 @@ from ...kuditipudi.noise import NoiseStabilityConfig, noise_stability, select_sa
 from ...kuditipudi.units import hidden_units
 from ...methods import METHODS
 from ...path import Path
+from ...progress import open_task, training_reporter
 from ...tasks import make_task
 from ...train import TrainConfig, train_to_target
 from ..reproduce import UnitCache, claim
@@ -49,9 +50,10 @@ def _trained(task, settings: dict[str, Any], seed: int, out: FsPath, say: Callab
     model = task.make_model(seed)
     config = TrainConfig(optimizer="adam", lr=1e-3, batch_size=64, check_every=500, max_steps=settings["max_steps"],
                          dropout=settings["dropout"])
-    point, status = train_to_target(task.energy.point_of(model), energy=task.energy, objective=task.objective,
-                                    target=0.0, config=config, seed=seed,
-                                    perturb=dropout_perturbation(hidden_units(model), settings["dropout"], seed))
+    with open_task(say, f"VGG net seed {seed}", total=config.max_steps) as bar:
+        point, status = train_to_target(task.energy.point_of(model), energy=task.energy, objective=task.objective,
+                                        target=0.0, config=config, seed=seed, on_check=training_reporter(bar, 0.0),
+                                        perturb=dropout_perturbation(hidden_units(model), settings["dropout"], seed))
     say(f"seed {seed}: test error {status.final_energy:.1f}% after {status.steps} steps")
     write_tensors(file, point)
     return point
