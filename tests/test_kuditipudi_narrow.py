@@ -156,3 +156,24 @@ def test_cli_connect_trains_theta_star_like_the_endpoints(tmp_path):
                                 "too_few_dropped", "no_room")
     if result["reason"] in ("connected", "barrier_above_threshold"):
         assert result["n_segments"] == 13 and result["narrow"]["steps"] <= 300
+
+
+def test_run_defaults_train_theta_star_like_the_task_s_endpoints():
+    from modeconnect.experiments import ConnectRunConfig
+
+    run = ConnectRunConfig(task="quadratic", method="kuditipudi_narrow", method_settings={"narrow_training":
+                                                                                          {"max_steps": 77}}).resolve()
+    endpoint = run.endpoint_training
+    narrow = run.method_config.narrow_training
+    assert narrow.max_steps == 77 and (narrow.lr, narrow.optimizer, narrow.batch_size) == \
+        (endpoint.lr, endpoint.optimizer, endpoint.batch_size)
+    assert run.method_config.seed == run.config.seed
+
+
+def test_mnist_kuditipudi_sets_its_theorem3_level_from_measurements():
+    from modeconnect.tasks.mnist import KUDITIPUDI_NARROW_DEFAULTS
+
+    p, width = KUDITIPUDI_NARROW_DEFAULTS["method_settings"]["p"], KUDITIPUDI_NARROW_DEFAULTS["method_settings"][
+        "narrow_width"]
+    assert 1.5 * width / 16 <= p <= 0.75  # Theorem 3's condition at the task's width 16
+    assert KUDITIPUDI_NARROW_DEFAULTS["threshold"] > 11.6  # theta* of width 3 measured at 11.6%: inside the level
