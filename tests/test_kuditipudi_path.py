@@ -161,6 +161,12 @@ def test_method_connects_and_reports_segments():
     assert result.outcome.worst_barrier <= extras["theorem_bound"] + 1e-9
     assert set(extras["dropout_a"]["kept_units"]) == {"0", "2", "4"}
     assert result.certificate.max_energy <= threshold
+    # the measured slack is the best masks' worst theta_i over the worse endpoint; cross-entropy is convex in
+    # the top layer, so the constructed path stays within it
+    ends = max(float(energy(point_from_module(m))) for m in (ma, mb))
+    waypoints = max(max(extras[f"dropout_{w}"]["best_mask_energies"]) for w in "ab")
+    assert extras["measured_slack"] == pytest.approx(max(0.0, waypoints - ends))
+    assert extras["within_slack"] and result.outcome.worst_barrier <= ends + extras["measured_slack"] + 1e-6
     assert all(torch.equal(result.path.beads[0][k], v.detach()) for k, v in ma.state_dict().items())
 
 

@@ -391,6 +391,14 @@ class KuditipudiDropout:
         worst = max(range(len(records)), key=lambda k: records[k]["max_energy"])
         vmax = records[worst]["max_energy"]
         accept = config.tolerance * threshold
+        # the measured dropout slack: how far the best masks' theta_i lie above the endpoints (as the other
+        # constructions report theirs); Theorem 1's convex steps keep a loss within it, the 0-1 error within
+        # the per-step bound (the sum of a top-layer segment's ends)
+        ends = max(reports["a"].energy, reports["b"].energy)
+        waypoints = max(max(reports[w].energies[reports[w].best_mask]) for w in ("a", "b"))
+        slack = max(0.0, waypoints - ends)
+        extras.update(measured_slack=slack, path_over_endpoints=vmax - ends,
+                      within_slack=vmax <= ends + slack + 1e-6 * max(1.0, abs(ends + slack)))
         extras.update(segments=records, n_segments=len(records), max_interpolated_energy=vmax,
                       theorem_bound=max(rec["bound"] for rec in records),
                       every_segment_within_bound=all(rec["within_bound"] for rec in records),
@@ -399,6 +407,8 @@ class KuditipudiDropout:
         where = f"segment {worst} ({records[worst]['lemma']}{records[worst]['step']})"
         message = (f"the constructed path of {len(records)} segments stays <= {vmax:.4g} (max at {where})"
                    + (f" <= {accept:.4g}" if connected else f" > tolerance x L0 = {accept:.4g}"))
+        message += (f", {vmax - ends:.4g} over the endpoints (measured dropout slack {slack:.4g}: "
+                    f"{'within' if extras['within_slack'] else 'beyond'} it)")
         if "straight_line_max_energy" in extras:
             message += f"; the straight segment A-B reaches {extras['straight_line_max_energy']:.4g}"
         outcome = Outcome(connected=connected, reason="connected" if connected else "barrier_above_threshold",
