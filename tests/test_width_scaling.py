@@ -242,7 +242,7 @@ def test_reproduction_quick_records_consistent_pairs_and_resumes(tmp_path):
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     pairs = [p for p in results["pairs"] if p["reached"]]
-    assert len(results["pairs"]) == 2 * 3 * 2 and len(pairs) >= 8
+    assert len(results["pairs"]) == 2 * 3 and len(pairs) >= 4
     for p in pairs:
         assert 0 <= p["dss"] <= p["line"]
         assert p["best"] == min(v for v in (p["line"], p["dss"], p["construction"]) if v is not None)
@@ -250,7 +250,7 @@ def test_reproduction_quick_records_consistent_pairs_and_resumes(tmp_path):
     assert {r["definition"] for r in results["table"]} >= {"line", "dss", "best", "angle"}
     assert (out / "figures" / "width_scaling.png").exists() and (out / "table.csv").exists()
     units = sorted((out / "units").iterdir())
-    assert len(units) == 12
+    assert len(units) == 6
     before = {u.name: u.stat().st_mtime_ns for u in units}
     assert main(args) == 0  # resumes: every pair is read back, none recomputed
     assert json.loads((out / "results.json").read_text())["pairs"] == results["pairs"]

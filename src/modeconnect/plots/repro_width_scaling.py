@@ -20,8 +20,13 @@ def _curve(table: list[dict[str, Any]], n: int, name: str) -> tuple[list[float],
     return [r["m"] for r in rows], [r["mean"] for r in rows], se
 
 
+def _zeros(table: list[dict[str, Any]], n: int, name: str) -> list[float]:
+    """Widths where every pair of this definition has gap 0 (not drawable on a log axis)."""
+    return sorted(r["m"] for r in table if r["n"] == n and r["definition"] == name and r["mean"] <= 0)
+
+
 def _reference(ax, widths: list[float], anchor: float, n: int) -> None:
-    """The rates m^(-1/n) and m^(-1/(n+1)) through the first point of the best gap."""
+    """The rates m^(-1/n) and m^(-1/(n+1)) from the first point of a curve, over its widths."""
     if not widths:
         return
     lo, hi = min(widths), max(widths)
@@ -39,12 +44,19 @@ def width_scaling_figures(results: dict[str, Any]) -> dict[str, Any]:
     for ax, n in zip(gaps.subplots(1, len(dims), squeeze=False)[0], dims):
         for name, (label, style) in _STYLE.items():
             ms, means, se = _curve(table, n, name)
+            color = f"C{list(_STYLE).index(name)}"
             if ms:
                 fit = fits[str(n)].get(name, {})
                 slope = f" (b = {fit['slope']:.2f})" if "slope" in fit else ""
-                ax.errorbar(ms, means, yerr=se, fmt=style, ms=4, capsize=2, label=label + slope,
-                            alpha=0.6 if name == "aligned" else 1.0)
-        ms, means, _ = _curve(table, n, "best")
+                low = [min(e, 0.9 * v) for e, v in zip(se, means)]  # a log axis cannot show a bar through 0
+                ax.errorbar(ms, means, yerr=[low, se], fmt=style, ms=4, capsize=2, label=label + slope,
+                            color=color, alpha=0.6 if name == "aligned" else 1.0)
+            zeros = _zeros(table, n, name)
+            if zeros:  # every pair at its own level: drawn as hollow markers on the bottom edge
+                ax.plot(zeros, [0.02 + 0.03 * list(_STYLE).index(name)] * len(zeros), style[0], mfc="none",
+                        color=color, transform=ax.get_xaxis_transform(), clip_on=False,
+                        label=f"{label}: gap 0 (bottom edge)")
+        ms, means, _ = _curve(table, n, "dss")
         if ms:
             _reference(ax, ms, means[0], n)
         ax.set(xscale="log", yscale="log", xlabel="width m", ylabel="gap epsilon (MSE above the endpoints)",

@@ -50,8 +50,8 @@ FIGURE = "modeconnect.plots.repro_width_scaling:width_scaling_figures"
 FULL = {"input_dims": [1, 2, 4], "widths": [8, 16, 32, 64, 128, 256], "pairs": 4, "level": 0.002,
         "n_train": 256, "teacher_width": 3, "max_steps": 6000, "lr": 0.01, "max_rungs": 12, "floor_fraction": 0.01,
         "max_beads": 8, "alphas": [0.05, 0.1, 0.2, 0.4, 0.8], "line_resolution": 1e-3, "bootstrap": 500, "seed": 0}
-QUICK = {**FULL, "input_dims": [1, 2], "widths": [8, 16, 32], "pairs": 2, "level": 0.01, "max_steps": 2000,
-         "max_rungs": 2, "alphas": [0.2, 0.8], "bootstrap": 50}
+QUICK = {**FULL, "input_dims": [1, 2], "widths": [8, 16, 32], "pairs": 1, "level": 0.02, "max_steps": 1000,
+         "max_rungs": 1, "alphas": [0.8], "bootstrap": 20}
 DEFINITIONS = ("line", "dss", "construction", "best", "aligned", "angle")
 """What each pair reports (the module docstring says what each is)."""
 
