@@ -250,8 +250,38 @@ def test_reproduction_quick_records_consistent_pairs_and_resumes(tmp_path):
     assert {r["definition"] for r in results["table"]} >= {"line", "dss", "best", "angle"}
     assert (out / "figures" / "width_scaling.png").exists() and (out / "table.csv").exists()
     units = sorted((out / "units").iterdir())
-    assert len(units) == 6
+    assert len([u for u in units if u.name.startswith("pair-")]) == 6
+    assert len([u for u in units if u.name.startswith("construction-")]) == len(pairs)
     before = {u.name: u.stat().st_mtime_ns for u in units}
     assert main(args) == 0  # resumes: every pair is read back, none recomputed
     assert json.loads((out / "results.json").read_text())["pairs"] == results["pairs"]
     assert {u.name: u.stat().st_mtime_ns for u in sorted((out / "units").iterdir())} == before
+
+
+def test_construction_survives_units_with_nearly_the_same_kink(monkeypatch):
+    """Regression: a width-8 student on 1-d inputs has units whose kinks almost coincide on the data, so the
+    plain least-squares refit is ill-conditioned (output weights ~1e4 that cancel) and rotating one unit by
+    <= 0.05 rad sent the MSE from 0.0014 to ~74. The refit is now the most regularised one that keeps half the
+    headroom below the network's own level (the theorem's kappa ||beta||_1 plays this role)."""
+    import modeconnect.theory.construction as construction
+
+    options = {"width": 8, "input_dim": 1, "teacher_width": 3, "n_train": 256}
+    task = make_task("teacher-student", **options)
+    config = TrainConfig(optimizer="adam", lr=0.01, check_every=10, max_steps=6000)
+    start = task.energy.point_of(task.make_model(1006))
+    a, status = train_to_target(start, energy=task.energy, objective=task.objective, target=0.002, config=config,
+                                seed=1006)
+    assert status.final_energy <= 0.002
+    x, y, oracle = task.energy.inputs, task.energy.targets, teacher_point(**options)
+
+    def rotated_energy() -> tuple[float, float]:
+        built = construction_path(a, a, x, y, oracle, alpha=0.05)
+        refit, rotated = built.path.beads[1], built.path.beads[2]
+        values = task.energy.along_segment(refit, rotated, torch.linspace(0, 1, 11))
+        return float(values.max()), float(refit["2.weight"].abs().max())
+
+    top, largest = rotated_energy()
+    assert top <= task.energy(a) and largest < 10
+    monkeypatch.setattr(construction, "RIDGES", (0.0,))  # plain least squares: the failure this guards against
+    top, largest = rotated_energy()
+    assert top > 1 and largest > 1000

@@ -64,18 +64,56 @@ def _with(point: Point, *, units: torch.Tensor | None = None, beta: torch.Tensor
     return out
 
 
-def _refit(units: torch.Tensor, x: torch.Tensor, y: torch.Tensor, support: Sequence[int]
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Least-squares output weights on the ``support`` units (zero elsewhere) and output bias (minimum-norm
-    solution: a unit silent on the data gets 0). The MSE is convex in these, so the straight segment from any
-    output layer to this one never rises above its start."""
+RIDGES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 0.0)
+"""Ridge strengths tried by the output-layer refits, strongest first (relative to the mean squared feature)."""
+
+
+def _mse(design: torch.Tensor, coef: torch.Tensor, y: torch.Tensor) -> float:
+    return float(((design @ coef - y) ** 2).mean())
+
+
+def _refit(units: torch.Tensor, x: torch.Tensor, y: torch.Tensor, support: Sequence[int],
+           ceiling: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output weights on the ``support`` units (zero elsewhere) and output bias.
+
+    ``ceiling`` None: the minimum-norm least squares (the lowest MSE; a unit silent on the data gets 0).
+    Otherwise the most regularised ridge fit (strengths :data:`RIDGES`, the bias unpenalised) whose MSE is at
+    most halfway from the least-squares MSE up to ``ceiling`` (least squares itself if none is). The MSE is
+    convex in these, so the straight segment from an output layer at MSE <= ceiling to this one never rises
+    above the ceiling, and half the headroom is left for the rotations that follow.
+
+    Why not always least squares: units with nearly the same kink on the data make it ill-conditioned, with
+    huge cancelling output weights, and then rotating a unit by a tiny angle destroys the cancellation. The
+    theorem keeps the output weights small with its penalty kappa ||beta||_1 (its constant C1 grows like
+    1 / kappa); the ridge plays that role here, without changing the energy that is measured."""
     xa = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
     idx = list(support)
     design = torch.cat([torch.relu(xa @ units[idx].T), torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
-    coef = torch.linalg.lstsq(design, y.double().reshape(-1, 1), driver="gelsd").solution[:, 0]
+    target = y.double().reshape(-1, 1)
+    coef = torch.linalg.lstsq(design, target, driver="gelsd").solution
+    if ceiling is not None and idx:
+        best = _mse(design, coef, target)
+        allowed = best + 0.5 * max(0.0, ceiling - best)
+        gram, rhs = design.T @ design, design.T @ target
+        scale = float(gram.diagonal()[:-1].mean())
+        penalty = torch.ones(len(idx) + 1, dtype=torch.float64)
+        penalty[-1] = 0.0
+        for ridge in RIDGES:
+            if ridge == 0.0 or scale == 0.0:
+                break
+            trial = torch.linalg.solve(gram + ridge * scale * torch.diag(penalty), rhs)
+            if _mse(design, trial, target) <= allowed:
+                coef = trial
+                break
     beta = torch.zeros(len(units), dtype=torch.float64)
-    beta[idx] = coef[:-1]
-    return beta, coef[-1]
+    beta[idx] = coef[:-1, 0]
+    return beta, coef[-1, 0]
+
+
+def _point_mse(point: Point, units: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
+    xa = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
+    out = torch.relu(xa @ units.T) @ point["2.weight"][0].double() + point["2.bias"][0].double()
+    return float(((out - y.double().reshape(-1)) ** 2).mean())
 
 
 def _compress(point: Point, x: torch.Tensor, y: torch.Tensor, alpha: float, need: int
@@ -91,7 +129,7 @@ def _compress(point: Point, x: torch.Tensor, y: torch.Tensor, alpha: float, need
     norms = units.norm(dim=1)
     xa = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
     live = (norms > 1e-12) & (torch.relu(xa @ units.T).abs().sum(0) > 0)
-    beta1, c1 = _refit(units, x, y, range(len(units)))
+    beta1, c1 = _refit(units, x, y, range(len(units)), _point_mse(point, units, x, y))
     refit = _with(point, beta=beta1, c=c1)
     directions = units / norms.clamp_min(1e-300).unsqueeze(1)
     weight = beta1.abs() * norms
@@ -118,8 +156,9 @@ def _compress(point: Point, x: torch.Tensor, y: torch.Tensor, alpha: float, need
     free = sorted(dead + [i for _, i, _ in merged_members])
     kept = [i for i in range(len(units)) if i not in set(free)]
     rotated = _with(refit, units=rotated_units)
+    merged_point = _with(rotated, beta=merged)
     beta4, c4 = _refit(rotated_units, x, y, kept)
-    points = [refit, rotated, _with(rotated, beta=merged), _with(rotated, beta=beta4, c=c4)]
+    points = [refit, rotated, merged_point, _with(rotated, beta=beta4, c=c4)]
     return points, free, len(dead) + len(members)
 
 
@@ -194,10 +233,13 @@ def construction_path(a: Point, b: Point, x: torch.Tensor, y: torch.Tensor, orac
 
 
 def _where(labels: list[str], segment_max: list[float]) -> str:
-    """The first piece that reaches the path's maximum (pieces of constant energy tie with their neighbour's
-    end: the first one is where the energy got there)."""
+    """The piece responsible for the path's maximum: a rotation among the pieces that reach it (the only pieces
+    that can raise the energy; the constant and convex pieces next to one share its end value), else the first
+    piece that reaches it (an endpoint's own level, or a refit)."""
     top = max(segment_max)  # constant pieces agree with their neighbours only up to float32 rounding
-    return labels[next(i for i, v in enumerate(segment_max) if v >= top - 1e-6 * max(1e-3, abs(top)))]
+    at_top = [i for i, v in enumerate(segment_max) if v >= top - 1e-6 * max(1e-3, abs(top))]
+    rotations = [i for i in at_top if labels[i].startswith("rotate")]
+    return labels[(rotations or at_top)[0]]
 
 
 def construction_gap(a: Point, b: Point, energy: Energy, oracle: Point, *, alphas: Sequence[float],
