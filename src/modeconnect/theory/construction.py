@@ -5,12 +5,10 @@ networks ``Sequential(Linear(n, m), ReLU(), Linear(m, 1))`` on data (x, y) with 
 best, :func:`nearest_unit_angles` measures the quantity the proof of Corollary 2.5 rests on (how close the
 closest pairs of hidden units are). ``docs/width_scaling.md`` derives the pieces and states the departures.
 
->>> import torch
->>> from modeconnect.tasks.teacher_student import student
->>> a = {k: v.detach() for k, v in student(1, 6).named_parameters()}
->>> angles = nearest_unit_angles(a)
->>> len(angles) <= 6 and all(0 <= t <= 3.1416 for t in angles)
-True
+>>> from modeconnect.tasks.teacher_student import teacher_point
+>>> angles = nearest_unit_angles(teacher_point(input_dim=1))  # the 3-unit teacher's units in R^2
+>>> len(angles), all(0 < t <= 3.1416 for t in angles)
+(3, True)
 """
 
 from __future__ import annotations
