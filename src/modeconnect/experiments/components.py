@@ -68,8 +68,9 @@ CSV_FIELDS = ["level", "n_components", "components", "n_units", "complete", "mod
 class UnionFind:
     """Disjoint sets over given elements; the representative of a set is its smallest element.
 
-    >>> uf = UnionFind(range(5)); uf.union(3, 1); uf.union(4, 3)
-    True
+    >>> uf = UnionFind(range(5))
+    >>> uf.union(3, 1), uf.union(4, 3), uf.union(1, 4)
+    (True, True, False)
     >>> uf.groups(), uf.find(4)
     ([[0], [1, 3, 4], [2]], 1)
     """
