@@ -1,0 +1,215 @@
+"""Fast evaluation paths against their slow references: pooling bit for bit, batched matmuls in float64,
+the auto probe's reuse of its values, and the measured thread count."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from modeconnect.energy import Energy, Strategy
+from modeconnect.errors import ConfigError
+from modeconnect.fast_eval import MatmulPlan, fast_copy
+from modeconnect.models import mnist_convnet
+from modeconnect.models.pooling import MaxPool2x2, max_pool_2x2
+from modeconnect.params import interpolate, point_from_module, stack_points
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _randomize(net: nn.Module, seed: int) -> nn.Module:
+    g = _gen(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return net
+
+
+# -- pooling -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(3, 2, 8, 8), (2, 3, 7, 9), (1, 1, 2, 3), (4, 5, 28, 28)])
+def test_max_pool_2x2_is_bit_identical_to_max_pool2d(shape):
+    g = _gen(0)
+    x = torch.randn(shape, generator=g)
+    x = torch.where(torch.rand(shape, generator=g) < 0.3, torch.zeros(()), x).round(decimals=1)  # many ties
+    x.view(-1)[::17] = float("-inf")
+    x.view(-1)[5] = float("nan")
+    ref = nn.MaxPool2d(2)(x)
+    fast = MaxPool2x2()(x)
+    assert fast.shape == ref.shape
+    assert torch.equal(torch.isnan(fast), torch.isnan(ref))
+    assert torch.equal(torch.nan_to_num(fast), torch.nan_to_num(ref))
+    # under vmap (as in batched energies) and in float64
+    xs = torch.randn(3, *shape, generator=g, dtype=torch.float64)
+    assert torch.equal(vmap(max_pool_2x2)(xs), torch.stack([nn.MaxPool2d(2)(v) for v in xs]))
+
+
+def test_max_pool_2x2_trains_exactly_like_max_pool2d():
+    """With autograd the layer is max_pool2d itself: gradients with tied maxima route to the same element."""
+    x = torch.zeros(2, 3, 6, 6)
+    x[:, :, :3] = 1.0  # ties in every window of the top half
+    g = torch.randn(2, 3, 3, 3, generator=_gen(1))
+    grads = []
+    for layer in (nn.MaxPool2d(2), MaxPool2x2()):
+        leaf = x.clone().requires_grad_(True)
+        layer(leaf).backward(g)
+        grads.append(leaf.grad)
+    assert torch.equal(grads[0], grads[1])
+    assert isinstance(MaxPool2x2(), nn.MaxPool2d) and MaxPool2x2().extra_repr() == nn.MaxPool2d(2).extra_repr()
+
+
+def test_fast_copy_swaps_only_plain_2x2_pools_and_keeps_the_function():
+    def convnet(pool):
+        return nn.Sequential(OrderedDict([("conv", nn.Conv2d(1, 3, 3, padding=1)), ("relu", nn.ReLU()),
+                                          ("pool", pool()), ("other", nn.MaxPool2d(3, stride=1)),
+                                          ("flat", nn.Flatten()), ("out", nn.Linear(3 * 5 * 5, 4))]))
+    slow = _randomize(convnet(lambda: nn.MaxPool2d(2)), 2)
+    fast = fast_copy(slow)
+    assert type(fast.pool) is MaxPool2x2 and type(fast.other) is nn.MaxPool2d and type(slow.pool) is nn.MaxPool2d
+    assert list(point_from_module(fast)) == list(point_from_module(slow))
+    x = torch.randn(6, 1, 14, 14, generator=_gen(3))
+    with torch.no_grad():
+        assert torch.equal(fast(x), slow(x))
+
+
+def test_mnist_energy_is_bit_identical_with_either_pool():
+    """The papers' convnet (MaxPool2x2) and the same net built with nn.MaxPool2d give the same energies."""
+    fast = mnist_convnet(4, 8, 16)
+    slow = nn.Sequential(OrderedDict((n, nn.MaxPool2d(2) if isinstance(m, nn.MaxPool2d) else m)
+                                     for n, m in fast.named_children()))
+    a, b = point_from_module(_randomize(fast, 4)), point_from_module(_randomize(mnist_convnet(4, 8, 16), 5))
+    x, y = torch.randn(20, 1, 28, 28, generator=_gen(6)), torch.randint(0, 10, (20,), generator=_gen(7))
+    ts = torch.linspace(0, 1, 5)
+    ref = []
+    with torch.no_grad():
+        for t in ts.tolist():
+            out = functional_call(slow, interpolate(a, b, t), (x,))
+            ref.append(float(nn.functional.cross_entropy(out, y, reduction="sum").double() / len(y)))
+    for strategy in ("loop", "vmap"):
+        got = Energy(fast, x, y, "cross_entropy", strategy=strategy).along_segment(a, b, ts)
+        assert got.tolist() == ref if strategy == "loop" else torch.allclose(got, torch.tensor(ref, dtype=torch.float64),
+                                                                              rtol=1e-5)
+
+
+# -- batched matmuls -----------------------------------------------------------------------------------
+def _mlps():
+    return {
+        "1441-sigmoid": nn.Sequential(nn.Linear(1, 4), nn.Sigmoid(), nn.Linear(4, 4), nn.Sigmoid(), nn.Linear(4, 1)),
+        "flatten-relu-nobias": nn.Sequential(nn.Flatten(), nn.Linear(6, 5, bias=False), nn.ReLU(inplace=True),
+                                             nn.Linear(5, 3), nn.GELU(), nn.Linear(3, 3)),
+        "tanh-softplus": nn.Sequential(nn.Linear(3, 7), nn.Tanh(), nn.Linear(7, 7), nn.Softplus(), nn.Linear(7, 2)),
+    }
+
+
+def _data(name: str, metric: str):
+    g = _gen(8)
+    x = torch.randn(24, 2, 3, dtype=torch.float64, generator=g) if name == "flatten-relu-nobias" else \
+        torch.randn(24, 1 if name == "1441-sigmoid" else 3, dtype=torch.float64, generator=g)
+    outs = {"1441-sigmoid": 1, "flatten-relu-nobias": 3, "tanh-softplus": 2}[name]
+    if metric in ("mse", "mae"):
+        return x, torch.randn(24, outs, dtype=torch.float64, generator=g)
+    return x, torch.randint(0, outs, (24,), generator=g)
+
+
+def test_matmul_plan_recognises_plain_mlps_only():
+    assert all(MatmulPlan.of(net) is not None for net in _mlps().values())
+    assert MatmulPlan.of(mnist_convnet(2, 2, 4)) is None
+    assert MatmulPlan.of(nn.Sequential(nn.ReLU(), nn.Linear(2, 2))) is None  # activation before any Linear
+    assert MatmulPlan.of(nn.Sequential(nn.Linear(2, 2), nn.Softmax(dim=1))) is None  # not elementwise
+    assert MatmulPlan.of(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))) is None
+    assert MatmulPlan.of(nn.Linear(2, 2)) is None
+    with pytest.raises(ConfigError, match="matmul"):
+        Energy(mnist_convnet(2, 2, 4), torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long), "error_rate",
+               strategy="matmul")
+
+
+@pytest.mark.parametrize("name", list(_mlps()))
+@pytest.mark.parametrize("metric", ["mse", "mae", "cross_entropy", "error_rate"])
+def test_matmul_strategy_matches_the_loop_in_float64(name, metric):
+    net = _randomize(_mlps()[name].double(), 9)
+    if metric in ("cross_entropy", "error_rate") and name == "1441-sigmoid":
+        pytest.skip("one output: not a classifier")
+    x, y = _data(name, metric)
+    a, b = point_from_module(net), point_from_module(_randomize(_mlps()[name].double(), 10))
+    ts = torch.linspace(0, 1, 13, dtype=torch.float64)
+    loop = Energy(net, x, y, metric, strategy="loop")
+    fast = Energy(net, x, y, metric, strategy="matmul", sample_batch_size=10, chunk_size=4)
+    ref, got = loop.along_segment(a, b, ts), fast.along_segment(a, b, ts)
+    if metric == "error_rate":
+        assert torch.equal(got, ref)
+    else:
+        assert torch.allclose(got, ref, rtol=1e-12, atol=1e-14)
+    assert got[0] == loop(a) and got[-1] == loop(b) if metric == "error_rate" else True
+    points = stack_points([interpolate(a, b, 0.3), interpolate(a, b, 0.9), b])
+    assert torch.allclose(fast.evaluate(points), loop.evaluate(points), rtol=1e-12, atol=1e-14)
+
+
+def test_matmul_chunks_fit_the_memory_budget_and_give_the_same_values():
+    net = _randomize(_mlps()["tanh-softplus"].double(), 11)
+    x, y = _data("tanh-softplus", "mse")
+    a, b = point_from_module(net), point_from_module(_randomize(_mlps()["tanh-softplus"].double(), 12))
+    ts = torch.linspace(0, 1, 9, dtype=torch.float64)
+    big = Energy(net, x, y, "mse", strategy="matmul")
+    tiny = Energy(net, x, y, "mse", strategy="matmul", memory_budget_mb=7 * 24 * 8 * 2 / 2**20)  # 2 points
+    assert big._chunk_points(Strategy.MATMUL) >= 9 and tiny._chunk_points(Strategy.MATMUL) == 2
+    assert torch.allclose(tiny.along_segment(a, b, ts), big.along_segment(a, b, ts), rtol=1e-13)
+
+
+def test_matmul_refuses_mismatched_targets_like_the_loop():
+    net = _mlps()["1441-sigmoid"]
+    energy = Energy(net, torch.rand(5, 1), torch.rand(5), "mse", strategy="matmul")
+    with pytest.raises(ConfigError, match="shape"):
+        energy(point_from_module(net))
+
+
+# -- the auto probe and threads ------------------------------------------------------------------------
+def test_auto_probe_reuses_its_values_and_matches_the_chosen_strategy():
+    net = _randomize(_mlps()["tanh-softplus"].double(), 13)
+    x, y = _data("tanh-softplus", "mse")
+    a, b = point_from_module(net), point_from_module(_randomize(_mlps()["tanh-softplus"].double(), 14))
+    ts = torch.linspace(0, 1, 20, dtype=torch.float64)
+    auto = Energy(net, x, y, "mse", strategy="auto", chunk_size=8)
+    counted = []
+    run = auto._run
+    auto._run = lambda strategy, lo, hi, *rest: counted.append((strategy, hi - lo)) or run(strategy, lo, hi, *rest)
+    values = auto.along_segment(a, b, ts)
+    chosen = auto.chosen_strategy
+    assert chosen in (Strategy.LOOP, Strategy.VMAP, Strategy.MATMUL)
+    probes = [n for s, n in counted[:-1]]
+    assert probes == [8] * 6  # loop, vmap, matmul: twice each on the first 8 points
+    assert counted[-1] == (chosen, 12)  # then only the 12 points not probed
+    pinned = Energy(net, x, y, "mse", strategy=chosen.value, chunk_size=8)
+    assert torch.allclose(values, pinned.along_segment(a, b, ts), rtol=1e-13)
+    assert auto.n_evaluations == 20
+
+
+def test_threads_auto_is_measured_recorded_and_scoped():
+    net, previous = _mlps()["1441-sigmoid"], torch.get_num_threads()
+    x = torch.rand(16, 1)
+    energy = Energy(net, x, x, "mae", strategy="loop", threads="auto")
+    assert energy.describe()["threads"] == "auto" and energy.describe()["chosen_threads"] is None
+    energy(point_from_module(net))
+    assert 1 <= energy.chosen_threads <= previous
+    assert energy.describe()["chosen_threads"] == energy.chosen_threads
+    assert torch.get_num_threads() == previous
+    with energy.thread_scope():
+        assert torch.get_num_threads() == energy.chosen_threads
+    assert torch.get_num_threads() == previous
+    assert "threads" not in Energy(net, x, x, "mae").describe()  # unset: not recorded (run identities unchanged)
+    assert Energy(net, x, x, "mae", threads=1).describe()["chosen_threads"] == 1
+    for bad in (0, "many", 1.5, True):
+        with pytest.raises(ConfigError, match="threads"):
+            Energy(net, x, x, "mae", threads=bad)
+
+
+def test_sample_batches_are_built_once_per_device_and_dtype():
+    net = _mlps()["1441-sigmoid"]
+    x = torch.rand(10, 1)
+    energy = Energy(net, x, x, "mae", sample_batch_size=4)
+    first = energy._sample_batches(torch.zeros(1))
+    assert energy._sample_batches(torch.zeros(1)) is first and len(first[0]) == 3
+    assert energy._sample_batches(torch.zeros(1, dtype=torch.float64))[0][0][0].dtype == torch.float64
