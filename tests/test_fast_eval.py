@@ -74,6 +74,13 @@ def test_fast_copy_swaps_only_plain_2x2_pools_and_keeps_the_function():
     x = torch.randn(6, 1, 14, 14, generator=_gen(3))
     with torch.no_grad():
         assert torch.equal(fast(x), slow(x))
+    # ReLU -> pool runs as pool -> ReLU (in place: its input is the pool's fresh output)
+    assert [n for n, _ in fast.named_children()][:3] == ["conv", "pool", "relu"] and fast.relu.inplace
+    first = fast_copy(nn.Sequential(nn.ReLU(), nn.Linear(2, 2), nn.ReLU()))
+    assert not first[0].inplace and first[2].inplace  # never in place on the caller's inputs
+    x = -torch.ones(3, 2)
+    first(x)
+    assert torch.equal(x, -torch.ones(3, 2))
 
 
 def test_mnist_energy_is_bit_identical_with_either_pool():

@@ -27,6 +27,7 @@ from the energy's own copy of the model, which only supplies the architecture.
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from collections.abc import Mapping, Sequence
 from enum import Enum
@@ -156,12 +157,13 @@ class Energy:
         if len(inputs) == 0:
             raise ConfigError("the evaluation data is empty")
         try:
-            self.model = fast_copy(model).eval()  # a private copy, with bit-identical fast pooling
+            self.model = copy.deepcopy(model).eval()
         except RuntimeError as exc:  # e.g. a module attribute holding a tensor computed with gradients
             raise UnsupportedModelError(f"the model cannot be copied ({exc}); the energy needs its own copy of "
                                         "the architecture") from exc
         for p in self.model.parameters():
             p.requires_grad_(False)
+        self._fast_model = fast_copy(self.model)  # evaluation only (no autograd): the same values, faster
         self.has_batchnorm = bool(batchnorm_layers(self.model))
         self._statistic_names = set(statistic_names(self.model))
         self.batchnorm = as_policy(batchnorm) if self.has_batchnorm else None
@@ -328,7 +330,7 @@ class Energy:
         return max(1, min(256, int(self.memory_budget_mb * 2**20) // max(per_point, 1)))
 
     def _point_sum(self, params: Mapping[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        return metric_sum(self.metric, functional_call(self.model, dict(params), (x,)), y)
+        return metric_sum(self.metric, functional_call(self._fast_model, dict(params), (x,)), y)
 
     def _sample_batches(self, ref: Tensor):
         """The evaluation data in sample batches on ``ref``'s device and dtype, and its unit count (built once)."""

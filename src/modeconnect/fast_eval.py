@@ -28,6 +28,7 @@ without autograd), so that user models benefit as the papers' convnets do.
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -119,14 +120,35 @@ _IN_PLACE = {nn.ReLU: torch.relu_, nn.Sigmoid: torch.sigmoid_, nn.Tanh: torch.ta
 
 
 def fast_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` with every plain ``nn.MaxPool2d(2)`` replaced by the bit-identical
-    :class:`~modeconnect.models.pooling.MaxPool2x2` (same parameters, buffers and names)."""
+    """A copy of ``model`` for evaluation without autograd, computing the same values faster.
+
+    Same parameters, buffers and names; three rewrites, each exact:
+
+    * every plain ``nn.MaxPool2d(2)`` becomes :class:`~modeconnect.models.pooling.MaxPool2x2`;
+    * in an ``nn.Sequential``, ``ReLU`` followed by a 2x2 max-pool becomes pool then ``ReLU``
+      (``max(relu(a), relu(b)) = relu(max(a, b))``: the ReLU then runs on a quarter of the elements);
+    * a ``ReLU`` that follows a ``Linear``, ``Conv2d`` or pool in an ``nn.Sequential`` runs in place (its
+      input is a fresh tensor nobody else reads).
+    """
     model = copy.deepcopy(model)
     for parent in model.modules():
         for name, child in parent.named_children():
             if type(child) is nn.MaxPool2d and _is_plain_2x2(child):
                 setattr(parent, name, MaxPool2x2())
+    for seq in [m for m in model.modules() if type(m) is nn.Sequential]:
+        items = list(seq._modules.items())  # (name, module): names travel with their modules
+        for i in range(len(items) - 1):
+            if type(items[i][1]) is nn.ReLU and type(items[i + 1][1]) is MaxPool2x2:
+                items[i], items[i + 1] = items[i + 1], items[i]
+        for i in range(1, len(items)):
+            if type(items[i][1]) is nn.ReLU and type(items[i - 1][1]) in _FRESH:
+                items[i] = (items[i][0], nn.ReLU(inplace=True))
+        seq._modules = OrderedDict(items)
     return model
+
+
+_FRESH = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, MaxPool2x2)
+"""Layers whose output is a new tensor (so a ReLU after them may overwrite it)."""
 
 
 def _is_plain_2x2(pool: nn.MaxPool2d) -> bool:

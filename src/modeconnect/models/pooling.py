@@ -2,7 +2,8 @@
 
 Energy evaluation runs the papers' convnets without autograd, where ``torch.max_pool2d`` was half of an
 MNIST convnet's evaluation time on one CPU thread. The maximum of the four strided slices
-``x[..., i::2, j::2]`` (i, j in {0, 1}) is the same function: a maximum is exact, so the result is
+``x[..., i::2, j::2]`` (i, j in {0, 1}; taken as two maxima, of row pairs and then of column pairs) is the
+same function: a maximum is exact, so the result is
 bit-identical (NaN propagates in both; an odd trailing row or column is dropped, as ``floor`` mode drops
 it). On one thread it took 1.8 ms instead of 13.5 ms for a [500, 8, 28, 28] batch, and it works under
 ``torch.func.vmap``.
@@ -31,8 +32,8 @@ def max_pool_2x2(x: Tensor) -> Tensor:
     """Non-overlapping 2x2 max-pooling over the last two dimensions (floor mode), as four strided slices."""
     h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
     x = x[..., :h, :w]
-    return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]),
-                         torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
+    rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])  # pairs of whole rows first: contiguous slices
+    return torch.maximum(rows[..., 0::2], rows[..., 1::2])
 
 
 class MaxPool2x2(nn.MaxPool2d):
