@@ -220,3 +220,41 @@ def test_sample_batches_are_built_once_per_device_and_dtype():
     first = energy._sample_batches(torch.zeros(1))
     assert energy._sample_batches(torch.zeros(1)) is first and len(first[0]) == 3
     assert energy._sample_batches(torch.zeros(1, dtype=torch.float64))[0][0][0].dtype == torch.float64
+
+
+# -- the segment memo ----------------------------------------------------------------------------------
+def test_loop_energy_remembers_segment_values_bit_for_bit():
+    net = _randomize(_mlps()["tanh-softplus"].double(), 15)
+    x, y = _data("tanh-softplus", "mae")
+    a, b = point_from_module(net), point_from_module(_randomize(_mlps()["tanh-softplus"].double(), 16))
+    energy, fresh = Energy(net, x, y, "mae", strategy="loop"), Energy(net, x, y, "mae", strategy="loop")
+    coarse, fine = torch.linspace(0, 1, 33, dtype=torch.float64), torch.linspace(0, 1, 65, dtype=torch.float64)
+    assert torch.equal(fine[::2], coarse)  # the certification grid holds DSS's grid exactly
+    energy.along_segment(a, b, coarse)
+    before = energy.n_evaluations
+    got = energy.along_segment(a, b, fine)
+    assert energy.n_evaluations - before == 32 and energy.memo.hits == 33  # only the new points are evaluated
+    assert torch.equal(got, fresh.along_segment(a, b, fine))
+    with torch.no_grad():
+        b["0.weight"].add_(1.0)  # an end point changed in place: its version moves on, nothing is reused
+    hits = energy.memo.hits
+    assert torch.equal(energy.along_segment(a, b, coarse), fresh.along_segment(a, b, coarse))
+    assert energy.memo.hits == hits
+    vmap_energy = Energy(net, x, y, "mae", strategy="vmap")
+    vmap_energy.along_segment(a, b, coarse)
+    vmap_energy.along_segment(a, b, coarse)
+    assert vmap_energy.memo.hits == 0  # batched values may depend on the chunk: never remembered
+
+
+def test_segment_memo_keeps_only_recent_segments():
+    from modeconnect.energy_memo import SegmentMemo
+
+    memo = SegmentMemo(capacity=2)
+    points = [{"w": torch.full((2,), float(i))} for i in range(4)]
+    ts = torch.tensor([0.0, 0.5], dtype=torch.float64)
+    for i in range(3):
+        memo.store(points[i], points[i + 1], ts, torch.tensor([i, i + 0.5], dtype=torch.float64))
+    assert not memo.lookup(points[0], points[1], ts)[0].any()  # evicted
+    known, values = memo.lookup(points[2], points[3], ts)
+    assert known.all() and values.tolist() == [2.0, 2.5]
+    assert not memo.lookup(points[3], points[2], ts)[0].any()  # direction matters

@@ -49,6 +49,7 @@ from .batchnorm import (
     statistic_names,
 )
 from .errors import ConfigError, NonFiniteEnergyError, UnsupportedModelError
+from .energy_memo import SegmentMemo
 from .energy_probe import measure
 from .fast_eval import MatmulPlan, fast_copy
 from .metrics import Metric, as_metric, metric_count, metric_sum
@@ -182,6 +183,8 @@ class Energy:
             raise ConfigError("strategy 'matmul' needs an nn.Sequential of Linear layers and elementwise activations "
                               f"without buffers, not this {type(model).__name__}; use 'loop', 'vmap' or 'auto'")
         self._batches: dict[tuple, tuple[list[tuple[Tensor, Tensor]], int]] = {}
+        self.memo = SegmentMemo()
+        """Energies already computed along recent segments (LOOP only; see :mod:`modeconnect.energy_memo`)."""
 
     def _setup_batchnorm(self, bn_batches, bn_statistics, bn_source) -> None:
         policy = self.batchnorm
@@ -308,8 +311,16 @@ class Energy:
         Interpolated points are built lazily: one at a time for LOOP, ``chunk_size`` at a time for VMAP.
         """
         ts = torch.as_tensor(ts, dtype=torch.float64).reshape(-1)
-        return self._evaluate(len(ts), lambda lo, hi: interpolate_many(a, b, ts[lo:hi]),
-                              lambda i: interpolate(a, b, float(ts[i])))
+        if self.chosen_strategy is not Strategy.LOOP:  # batched values may depend on the chunk: never memoised
+            return self._evaluate(len(ts), lambda lo, hi: interpolate_many(a, b, ts[lo:hi]),
+                                  lambda i: interpolate(a, b, float(ts[i])))
+        known, values = self.memo.lookup(a, b, ts)  # LOOP: each point on its own, so remembered values are exact
+        todo = ts[~known]
+        if len(todo):
+            values[~known] = self._evaluate(len(todo), lambda lo, hi: interpolate_many(a, b, todo[lo:hi]),
+                                            lambda i: interpolate(a, b, float(todo[i])))
+            self.memo.store(a, b, todo, values[~known])
+        return values
 
     def require_finite(self, value: float, what: str) -> float:
         """Return ``value`` or raise :class:`NonFiniteEnergyError` naming ``what``."""
