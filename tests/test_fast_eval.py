@@ -3,6 +3,7 @@ the auto probe's reuse of its values, and the measured thread count."""
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 
 import pytest
@@ -48,18 +49,57 @@ def test_max_pool_2x2_is_bit_identical_to_max_pool2d(shape):
     assert torch.equal(vmap(max_pool_2x2)(xs), torch.stack([nn.MaxPool2d(2)(v) for v in xs]))
 
 
-def test_max_pool_2x2_trains_exactly_like_max_pool2d():
-    """With autograd the layer is max_pool2d itself: gradients with tied maxima route to the same element."""
-    x = torch.zeros(2, 3, 6, 6)
-    x[:, :, :3] = 1.0  # ties in every window of the top half
-    g = torch.randn(2, 3, 3, 3, generator=_gen(1))
-    grads = []
+@pytest.mark.parametrize("case", ["ties", "nan-inf", "odd", "small"])
+def test_max_pool_2x2_trains_exactly_like_max_pool2d(case):
+    """In training the layer uses max_pool2d's indices and backward: gradients with tied maxima, NaN and -inf
+    route to the same elements (large inputs take the channels_last index path, small ones max_pool2d)."""
+    shape = {"ties": (8, 8, 28, 28), "nan-inf": (4, 8, 24, 24), "odd": (4, 8, 27, 29), "small": (2, 3, 6, 6)}[case]
+    g = _gen(1)
+    x = torch.relu(torch.randn(shape, generator=g)).round(decimals=1)
+    x[:, :, : shape[2] // 2] = 1.0  # every window of the top half is a tie
+    if case == "nan-inf":
+        x.view(-1)[::97] = float("nan")
+        x.view(-1)[5::89] = float("-inf")
+    grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, generator=g)
+    outs = []
     for layer in (nn.MaxPool2d(2), MaxPool2x2()):
         leaf = x.clone().requires_grad_(True)
-        layer(leaf).backward(g)
-        grads.append(leaf.grad)
-    assert torch.equal(grads[0], grads[1])
+        y = layer(leaf)
+        y.backward(grad)
+        outs.append((y.detach(), leaf.grad))
+    assert torch.equal(torch.nan_to_num(outs[0][0]), torch.nan_to_num(outs[1][0])) and outs[1][0].is_contiguous()
+    assert torch.equal(outs[0][1], outs[1][1])
     assert isinstance(MaxPool2x2(), nn.MaxPool2d) and MaxPool2x2().extra_repr() == nn.MaxPool2d(2).extra_repr()
+
+
+def test_mnist_convnet_training_step_is_bit_identical_to_max_pool2d():
+    fast = _randomize(mnist_convnet(4, 8, 16), 20)
+    slow = nn.Sequential(OrderedDict((n, nn.MaxPool2d(2) if isinstance(m, nn.MaxPool2d) else m)
+                                     for n, m in copy.deepcopy(fast).named_children()))
+    x = torch.full((32, 1, 28, 28), -0.4242)  # MNIST's constant background: tied activations everywhere
+    x[:, :, 10:18, 10:18] = torch.randn(32, 1, 8, 8, generator=_gen(21))
+    y = torch.randint(0, 10, (32,), generator=_gen(22))
+    grads = []
+    for net in (slow, fast):
+        net.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        grads.append([p.grad for p in net.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_max_pool_2x2_under_function_transforms_is_max_pool2d():
+    """jvp / vjp (e.g. the noise-stability code) see max_pool2d's derivative at ties, not torch.maximum's."""
+    from torch.func import jvp, vjp
+
+    x = torch.ones(2, 3, 6, 6)
+    v = torch.randn(2, 3, 6, 6, generator=_gen(23))
+    for layer_fn in (jvp,):
+        ref = layer_fn(nn.MaxPool2d(2), (x,), (v,))[1]
+        with torch.no_grad():
+            got = layer_fn(MaxPool2x2(), (x,), (v,))[1]
+        assert torch.equal(ref, got)
+    u = torch.randn(2, 3, 3, 3, generator=_gen(24))
+    assert torch.equal(vjp(nn.MaxPool2d(2), x)[1](u)[0], vjp(MaxPool2x2(), x)[1](u)[0])
 
 
 def test_fast_copy_swaps_only_plain_2x2_pools_and_keeps_the_function():
@@ -186,8 +226,10 @@ def test_auto_probe_reuses_its_values_and_matches_the_chosen_strategy():
     values = auto.along_segment(a, b, ts)
     chosen = auto.chosen_strategy
     assert chosen in (Strategy.LOOP, Strategy.VMAP, Strategy.MATMUL)
-    probes = [n for s, n in counted[:-1]]
-    assert probes == [8] * 6  # loop, vmap, matmul: twice each on the first 8 points
+    probes = counted[:-1]  # loop, vmap, matmul on the first 8 points: twice each, once if hopeless
+    assert all(n == 8 for _, n in probes) and [s for s, _ in probes][:2] == [Strategy.LOOP] * 2
+    assert [s for s, _ in probes if s is not Strategy.LOOP][0] is Strategy.VMAP
+    assert 1 <= sum(s is Strategy.VMAP for s, _ in probes) <= 2 and 1 <= sum(s is Strategy.MATMUL for s, _ in probes) <= 2
     assert counted[-1] == (chosen, 12)  # then only the 12 points not probed
     pinned = Energy(net, x, y, "mse", strategy=chosen.value, chunk_size=8)
     assert torch.allclose(values, pinned.along_segment(a, b, ts), rtol=1e-13)
