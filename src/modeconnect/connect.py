@@ -37,7 +37,8 @@ from .path import Path
 from .settings import apply_overrides, to_dict
 from .train import Objective
 
-__all__ = ["Connection", "connect", "connect_path", "check_endpoints", "summarize", "time_split", "method_config", "align_endpoint",
+__all__ = ["Connection", "connect", "connect_path", "check_endpoints", "summarize", "time_split",
+           "method_config", "align_endpoint",
            "run_proof", "proof_fields"]
 
 

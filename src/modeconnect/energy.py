@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import time
 from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Any
@@ -48,9 +47,9 @@ from .batchnorm import (
     split_point,
     statistic_names,
 )
-from .errors import ConfigError, NonFiniteEnergyError, UnsupportedModelError
 from .energy_memo import SegmentMemo
 from .energy_probe import measure
+from .errors import ConfigError, NonFiniteEnergyError, UnsupportedModelError
 from .fast_eval import MatmulPlan, fast_copy
 from .metrics import Metric, as_metric, metric_count, metric_sum
 from .params import check_compatible, check_supported_module, interpolate, interpolate_many, point_from_module
@@ -410,7 +409,9 @@ class Energy:
     def thread_scope(self):
         """Run the block with this energy's torch threads (``threads``/``chosen_threads``), then restore them."""
         previous = torch.get_num_threads()
-        wanted = self.chosen_threads if isinstance(self.threads, int) else min(self.chosen_threads or previous, previous)
+        wanted = self.chosen_threads or previous
+        if not isinstance(self.threads, int):  # a measured count never exceeds the process's current limit
+            wanted = min(wanted, previous)
         if wanted != previous:
             torch.set_num_threads(wanted)
         try:
