@@ -23,7 +23,8 @@ alone can be read off.
 Rows, per model: the peer(s); ``loop`` (one ``functional_call`` per point), ``vmap``, ``matmul`` (MLP only:
 one batched matmul per layer over all points), ``auto`` (its choice; timed after its first, measuring
 call, whose time is printed separately), and ``loop (batches rebuilt)``, the loop with its evaluation
-batches rebuilt on every call as before, to measure that change. Times are best of ``k`` after a warm-up;
+batches rebuilt on every call as before, to measure that change. The energies' segment memo is cleared
+before every call, so each call evaluates every point. Times are best of ``k`` after a warm-up;
 repeats are interleaved (peer, loop, vmap, ...) so that load drift hits all alike. Columns: seconds per
 segment, speed against the peer and against the loop (> 1: faster), points x samples per second.
 
@@ -110,11 +111,17 @@ def run_model(key, label, build, inputs, targets, metric, loss_fn, steps, warmup
     first = _timed(lambda: energies["auto"].along_segment(a, b, ts))  # auto's first call measures
     runners = {f"loss-landscapes ({name})": peer_runner(peer_build, a, b, inputs, targets, loss_fn, steps)
                for name, peer_build in peers} if loss_landscapes is not None else {}
-    runners.update({s: (lambda e=e: e.along_segment(a, b, ts)) for s, e in energies.items()})
+    def fresh(energy):
+        def run():
+            energy.memo.clear()  # every call evaluates every point (the memo would return repeats for free)
+            return energy.along_segment(a, b, ts)
+        return run
+    runners.update({s: fresh(e) for s, e in energies.items()})
     rebuilt = Energy(build(), inputs, targets, metric, strategy="loop")
 
     def loop_rebuilt():
         rebuilt._batches.clear()  # what every call paid before the batches were cached
+        rebuilt.memo.clear()
         return rebuilt.along_segment(a, b, ts)
     runners["loop (batches rebuilt)"] = loop_rebuilt
     values = {name: run() for name, run in runners.items() for _ in range(warmup)} if warmup else {}

@@ -197,6 +197,20 @@ def test_matmul_strategy_matches_the_loop_in_float64(name, metric):
     assert torch.allclose(fast.evaluate(points), loop.evaluate(points), rtol=1e-12, atol=1e-14)
 
 
+def test_lerp_points_is_interpolate_many_bit_for_bit():
+    from modeconnect.fast_eval import lerp_points
+    from modeconnect.params import interpolate_many
+
+    g = _gen(30)
+    a = {"w": torch.randn(3, 4, generator=g), "b": torch.randn(3, generator=g),
+         "d": torch.randn(2, 2, dtype=torch.float64, generator=g)}
+    b = {k: torch.randn(v.shape, dtype=v.dtype, generator=g) for k, v in a.items()}
+    ts = torch.cat([torch.tensor([0.0, 1.0], dtype=torch.float64), torch.rand(7, dtype=torch.float64, generator=g)])
+    fast, ref = lerp_points(a, b, ts), interpolate_many(a, b, ts)
+    assert all(torch.equal(fast[k], ref[k]) and fast[k].dtype == ref[k].dtype for k in a)
+    assert torch.equal(fast["w"][0], a["w"]) and torch.equal(fast["w"][1], b["w"])
+
+
 def test_matmul_chunks_fit_the_memory_budget_and_give_the_same_values():
     net = _randomize(_mlps()["tanh-softplus"].double(), 11)
     x, y = _data("tanh-softplus", "mse")

@@ -50,7 +50,7 @@ from .batchnorm import (
 from .energy_memo import SegmentMemo
 from .energy_probe import measure
 from .errors import ConfigError, NonFiniteEnergyError, UnsupportedModelError
-from .fast_eval import MatmulPlan, fast_copy
+from .fast_eval import MATMUL_CACHE_BYTES, MatmulPlan, fast_copy, lerp_points
 from .metrics import Metric, as_metric, metric_count, metric_sum
 from .params import check_compatible, check_supported_module, interpolate, interpolate_many, point_from_module
 
@@ -182,6 +182,7 @@ class Energy:
             raise ConfigError("strategy 'matmul' needs an nn.Sequential of Linear layers and elementwise activations "
                               f"without buffers, not this {type(model).__name__}; use 'loop', 'vmap' or 'auto'")
         self._batches: dict[tuple, tuple[list[tuple[Tensor, Tensor]], int]] = {}
+        self._sizes: dict[tuple, int] = {}
         self.memo = SegmentMemo()
         """Energies already computed along recent segments (LOOP only; see :mod:`modeconnect.energy_memo`)."""
 
@@ -310,6 +311,9 @@ class Energy:
         Interpolated points are built lazily: one at a time for LOOP, ``chunk_size`` at a time for VMAP.
         """
         ts = torch.as_tensor(ts, dtype=torch.float64).reshape(-1)
+        if self.chosen_strategy is Strategy.MATMUL:  # plain float parameters: the lean interpolation, same bits
+            return self._evaluate(len(ts), lambda lo, hi: lerp_points(a, b, ts[lo:hi]),
+                                  lambda i: interpolate(a, b, float(ts[i])))
         if self.chosen_strategy is not Strategy.LOOP:  # batched values may depend on the chunk: never memoised
             return self._evaluate(len(ts), lambda lo, hi: interpolate_many(a, b, ts[lo:hi]),
                                   lambda i: interpolate(a, b, float(ts[i])))
@@ -389,12 +393,18 @@ class Energy:
 
     def _chunk_points(self, strategy: Strategy) -> int:
         """Points per batched call: :attr:`points_per_chunk`, and for MATMUL at most as many as keep one layer's
-        activations within ``memory_budget_mb``."""
-        if strategy is not Strategy.MATMUL:
-            return self.points_per_chunk
-        samples = min(self.sample_batch_size or self.n_samples, self.n_samples)
-        per_point = self._plan.widest * samples * self.template[next(iter(self.template))].element_size()
-        return max(1, min(self.points_per_chunk, int(self.memory_budget_mb * 2**20) // max(per_point, 1)))
+        activations within ``memory_budget_mb`` and :data:`~modeconnect.fast_eval.MATMUL_CACHE_BYTES` (computed
+        once per setting)."""
+        key = (strategy, self.chunk_size, self.memory_budget_mb, self.sample_batch_size)
+        if key not in self._sizes:
+            size = self.points_per_chunk
+            if strategy is Strategy.MATMUL:
+                samples = min(self.sample_batch_size or self.n_samples, self.n_samples)
+                per_point = self._plan.widest * samples * self.template[next(iter(self.template))].element_size()
+                size = max(1, min(size, int(self.memory_budget_mb * 2**20) // max(per_point, 1),
+                                  MATMUL_CACHE_BYTES // max(per_point, 1)))
+            self._sizes[key] = size
+        return self._sizes[key]
 
     def _run(self, strategy: Strategy, lo: int, hi: int, get_chunk, get_one) -> Tensor:
         """Energies of points ``lo..hi-1`` with ``strategy`` (float64, shape ``[hi - lo]``)."""
@@ -403,7 +413,8 @@ class Energy:
         if strategy is Strategy.LOOP:
             return torch.stack([self._one(get_one(i)) for i in range(lo, hi)]).reshape(hi - lo)
         size = self._chunk_points(strategy)
-        return torch.cat([self._chunk(get_chunk(s, min(s + size, hi)), strategy) for s in range(lo, hi, size)])
+        parts = [self._chunk(get_chunk(s, min(s + size, hi)), strategy) for s in range(lo, hi, size)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     @contextlib.contextmanager
     def thread_scope(self):

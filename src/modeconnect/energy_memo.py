@@ -51,6 +51,10 @@ class SegmentMemo:
         self.hits += int(known.sum())
         return known, values
 
+    def clear(self) -> None:
+        """Forget every segment."""
+        self._entries.clear()
+
     def store(self, a: Mapping[str, Tensor], b: Mapping[str, Tensor], ts: Tensor, values: Tensor) -> None:
         key = (_key(a), _key(b))
         if key not in self._entries:

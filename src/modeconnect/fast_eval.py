@@ -39,7 +39,12 @@ from torch.func import vmap
 from .metrics import Metric, metric_sum
 from .models.pooling import MaxPool2x2
 
-__all__ = ["MatmulPlan", "ELEMENTWISE", "fast_copy"]
+__all__ = ["MatmulPlan", "ELEMENTWISE", "MATMUL_CACHE_BYTES", "fast_copy", "lerp_points"]
+
+MATMUL_CACHE_BYTES = 2**20
+"""Most bytes of one layer's activations per MATMUL chunk, so that a chunk's activations stay in cache. Measured
+on the 1-4-4-1 MLP (1,000 samples, 100 points, one thread, timed between loss-landscapes calls): 0.90 ms in
+chunks of 50 points (800 KB), 0.92 ms in chunks of 25, 1.2 ms in one chunk of 100 (1.6 MB)."""
 
 ELEMENTWISE = (nn.ReLU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Softplus, nn.Identity,
                nn.Hardtanh, nn.ReLU6, nn.Mish, nn.CELU, nn.SELU, nn.Softsign, nn.Tanhshrink, nn.Hardsigmoid,
@@ -83,6 +88,10 @@ class MatmulPlan:
 
     def outputs(self, points: Mapping[str, Tensor], x: Tensor) -> Tensor:
         """Model outputs ``[P, N, out]`` at ``P`` points (values with a leading point dimension) on inputs ``x``."""
+        return self._outputs(points, x).transpose(1, 2)
+
+    def _outputs(self, points: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        """The outputs as computed, ``[P, out, N]`` (samples last)."""
         for f in self.flatten:
             x = f(x)
         h = None  # [P, width, N]
@@ -100,19 +109,34 @@ class MatmulPlan:
                      torch.addmm(bias.reshape(n_points * n_out, 1), stacked, x.T)).view(n_points, n_out, -1)
             else:
                 h = torch.bmm(w, h) if bias is None else torch.baddbmm(bias.unsqueeze(2), w, h)
-        return h.transpose(1, 2)
+        return h
 
 
     def sums(self, metric: Metric, points: Mapping[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         """Per-point sums of ``metric`` over the samples (as :func:`~modeconnect.metrics.metric_sum`), ``[P]``."""
-        out = self.outputs(points, x)
+        out = self._outputs(points, x)  # [P, out, N]
         if metric in (Metric.MSE, Metric.MAE):
-            if out.shape[1:] != y.shape:
-                metric_sum(metric, out[0], y)  # raises the shape error
-            diff = out - y
+            if out.shape[1:] != y.shape[::-1]:
+                metric_sum(metric, out[0].T, y)  # raises the shape error
+            diff = out - y.T  # the per-sample mean over outputs, summed over samples: the sum over both / out
             per_unit = diff.square_() if metric is Metric.MSE else diff.abs_()
-            return per_unit.mean(dim=2).sum(dim=1) if per_unit.ndim == 3 else per_unit.sum(dim=1)
-        return vmap(lambda o: metric_sum(metric, o, y))(out)
+            return per_unit.sum(dim=(1, 2)) / out.shape[1]
+        return vmap(lambda o: metric_sum(metric, o, y))(out.transpose(1, 2))
+
+
+def lerp_points(a: Mapping[str, Tensor], b: Mapping[str, Tensor], ts: Tensor) -> dict[str, Tensor]:
+    """:func:`~modeconnect.params.interpolate_many` for points whose values are all floating tensors, with one
+    weight per dtype and rank: the same ``torch.lerp`` calls, so the same bits, with less per-call overhead
+    (which was a fifth of a 100-point segment of the 1-4-4-1 MLP)."""
+    base = ts.to(next(iter(a.values())).dtype)  # as interpolate_many: the first value's dtype, then each one's
+    views: dict[tuple, Tensor] = {}
+    out = {}
+    for k, v in a.items():
+        w = views.get((v.dtype, v.ndim))
+        if w is None:
+            w = views[v.dtype, v.ndim] = base.to(v.dtype).view((-1,) + (1,) * v.ndim)
+        out[k] = torch.lerp(v.unsqueeze(0), b[k].unsqueeze(0), w)
+    return out
 
 
 _IN_PLACE = {nn.ReLU: torch.relu_, nn.Sigmoid: torch.sigmoid_, nn.Tanh: torch.tanh_}
