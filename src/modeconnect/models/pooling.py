@@ -78,8 +78,8 @@ class MaxPool2x2(nn.MaxPool2d):
     def forward(self, x: Tensor) -> Tensor:
         if not _plain(x):
             return super().forward(x)
-        if not torch.is_grad_enabled():
+        if not (torch.is_grad_enabled() and x.requires_grad):  # no gradient will be asked of this output
             return max_pool_2x2(x)
-        if x.requires_grad and x.ndim == 4 and x.numel() >= _CHANNELS_LAST_MIN and x.is_contiguous():
+        if x.ndim == 4 and x.numel() >= _CHANNELS_LAST_MIN and x.is_contiguous():
             return _IndexedPool.apply(x)
         return super().forward(x)
