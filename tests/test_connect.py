@@ -122,3 +122,14 @@ def test_batchnorm_model_is_refused_with_the_layer_name():
     model = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
     with pytest.raises(UnsupportedModelError, match="layer '1' \\(BatchNorm1d\\)"):
         Energy(model, torch.zeros(4, 2), torch.zeros(4, 1), "mse")
+
+
+def test_time_split_names_every_phase_and_sums_them():
+    from modeconnect.connect import time_split
+
+    result = {"endpoint_time_s": 2.0, "method_time_s": 5.0, "bead_training_time_s": 3.0,
+              "segment_evaluation_time_s": 1.5, "certification_time_s": 4.0, "proof_time_s": None}
+    assert time_split(result) == ("endpoints 2.0 s, bead training 3.0 s, segment evaluation 1.5 s, "
+                                  "other method work 0.5 s, certification 4.0 s; total 11.0 s")
+    bare = {"endpoint_time_s": 1.0, "method_time_s": 2.0, "certification_time_s": 0.5, "proof_time_s": 0.25}
+    assert time_split(bare) == "endpoints 1.0 s, method 2.0 s, certification 0.5 s, proof 0.2 s; total 3.8 s"

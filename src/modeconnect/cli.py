@@ -25,6 +25,7 @@ from .cli_settings import (
     proof_overrides_from,
     run_config_from,
 )
+from .connect import time_split
 from .errors import DatasetError, ModeconnectError
 from .experiments.connect_run import run_connect
 from .experiments.dropout_run import add_dropout_parser, dropout_command
@@ -248,6 +249,7 @@ def format_summary(result: dict[str, Any], where: str | None = None) -> str:
     lines += [
         "endpoint energies  " + ", ".join(_fmt(e) for e in result["endpoint_energies"]),
         f"wall time          {_fmt(result['wall_time_s'], '.1f')} s",
+        f"time split         {time_split(result)}",
     ]
     if where:
         lines.append(f"saved in           {where}")

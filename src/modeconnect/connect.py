@@ -38,7 +38,8 @@ from .progress import open_task
 from .settings import apply_overrides, to_dict
 from .train import Objective
 
-__all__ = ["Connection", "connect", "connect_path", "check_endpoints", "summarize", "method_config", "align_endpoint",
+__all__ = ["Connection", "connect", "connect_path", "check_endpoints", "summarize", "time_split",
+           "method_config", "align_endpoint",
            "run_proof", "proof_fields"]
 
 
@@ -140,6 +141,22 @@ def summarize(connection: Connection) -> dict[str, Any]:
             "certified_max_location": {"segment": cert.segment, "t": cert.t},
         })
     return out
+
+
+def time_split(result: Mapping[str, Any]) -> str:
+    """Where a connect run's time went, one line: endpoints (this session), the method's bead training and
+    segment evaluation (methods that report them), the rest of the method, certification, and the total."""
+    parts = [("endpoints", result.get("endpoint_time_s"))]
+    method = result.get("method_time_s") or 0.0
+    known = [(k, result.get(f"{k.replace(' ', '_')}_time_s")) for k in ("bead training", "segment evaluation")]
+    known = [(k, v) for k, v in known if v is not None]
+    parts += known + [("other method work" if known else "method", method - sum(v for _, v in known)),
+                      ("certification", result.get("certification_time_s"))]
+    if result.get("proof_time_s"):
+        parts.append(("proof", result["proof_time_s"]))
+    shown = [(k, v) for k, v in parts if v is not None]
+    total = sum(v for _, v in shown)
+    return ", ".join(f"{k} {v:.1f} s" for k, v in shown) + f"; total {total:.1f} s"
 
 
 def proof_fields(proof: Any, seconds: float = 0.0) -> dict[str, Any]:

@@ -26,8 +26,8 @@ from the energy's own copy of the model, which only supplies the architecture.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import time
 from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Any
@@ -47,7 +47,10 @@ from .batchnorm import (
     split_point,
     statistic_names,
 )
+from .energy_memo import SegmentMemo
+from .energy_probe import measure
 from .errors import ConfigError, NonFiniteEnergyError, UnsupportedModelError
+from .fast_eval import MATMUL_CACHE_BYTES, MatmulPlan, fast_copy, lerp_points
 from .metrics import Metric, as_metric, metric_count, metric_sum
 from .params import check_compatible, check_supported_module, interpolate, interpolate_many, point_from_module
 
@@ -67,18 +70,28 @@ class Strategy(str, Enum):
     """How many parameter points are pushed through the model."""
 
     AUTO = "auto"
-    """Time VMAP and LOOP on the first batch of points and keep the faster (the choice is recorded)."""
+    """Time LOOP, VMAP and (for a plain MLP) MATMUL on the first batch of points and keep the fastest (the
+    choice is recorded; the probe's values are returned, not recomputed)."""
     VMAP = "vmap"
     """``torch.func.vmap`` over ``functional_call``: one batched forward per chunk of points."""
     LOOP = "loop"
     """One ``functional_call`` per point: the plain reference."""
+    MATMUL = "matmul"
+    """One batched matmul per layer over a chunk of points: an ``nn.Sequential`` of Linear layers and
+    elementwise activations only (:class:`~modeconnect.fast_eval.MatmulPlan`)."""
 
 
 def _as_strategy(value: str | Strategy) -> Strategy:
     try:
         return Strategy(value)
     except ValueError:
-        raise ConfigError(f"unknown strategy {value!r}; choose one of: auto, vmap, loop") from None
+        raise ConfigError(f"unknown strategy {value!r}; choose one of: auto, vmap, loop, matmul") from None
+
+
+def _as_threads(value: int | str | None) -> int | str | None:
+    if value is None or value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ConfigError(f"threads must be None (the process's setting), 'auto' (measured) or an int >= 1, got {value!r}")
 
 
 class Energy:
@@ -103,6 +116,10 @@ class Energy:
         bn_statistics: FREEZE only: the fixed statistics, keyed by buffer name (``"1.running_mean"``);
             default: the model's own buffers.
         bn_source: FREEZE only: a label for where ``bn_statistics`` came from (recorded).
+        threads: torch threads for evaluating (and, through :meth:`thread_scope`, training): ``None`` keeps
+            the process's setting; an int fixes it; ``"auto"`` times the first evaluation with 1, 2, 4, ...
+            up to the process's setting and keeps the fastest (recorded as ``chosen_threads``; results can
+            differ in their last bits between thread counts).
     """
 
     def __init__(
@@ -122,10 +139,13 @@ class Energy:
         bn_batches: Sequence[Tensor] | None = None,
         bn_statistics: Mapping[str, Tensor] | None = None,
         bn_source: str | None = None,
+        threads: int | str | None = None,
     ) -> None:
         check_supported_module(model, batchnorm)
         self.metric = as_metric(metric)
         self.strategy = _as_strategy(strategy)
+        self.threads = _as_threads(threads)
+        self.chosen_threads: int | None = self.threads if isinstance(self.threads, int) else None
         if chunk_size is not None and chunk_size < 1:
             raise ConfigError(f"chunk_size must be >= 1 or None, got {chunk_size}")
         if not memory_budget_mb > 0:
@@ -143,6 +163,7 @@ class Energy:
                                         "the architecture") from exc
         for p in self.model.parameters():
             p.requires_grad_(False)
+        self._fast_model = fast_copy(self.model)  # evaluation only (no autograd): the same values, faster
         self.has_batchnorm = bool(batchnorm_layers(self.model))
         self._statistic_names = set(statistic_names(self.model))
         self.batchnorm = as_policy(batchnorm) if self.has_batchnorm else None
@@ -156,6 +177,14 @@ class Energy:
         self.chosen_strategy: Strategy | None = None if self.strategy is Strategy.AUTO else self.strategy
         self.template = point_from_module(self.model, self.batchnorm)
         self.n_evaluations = 0
+        self._plan = MatmulPlan.of(self.model)
+        if self.strategy is Strategy.MATMUL and self._plan is None:
+            raise ConfigError("strategy 'matmul' needs an nn.Sequential of Linear layers and elementwise activations "
+                              f"without buffers, not this {type(model).__name__}; use 'loop', 'vmap' or 'auto'")
+        self._batches: dict[tuple, tuple[list[tuple[Tensor, Tensor]], int]] = {}
+        self._sizes: dict[tuple, int] = {}
+        self.memo = SegmentMemo()
+        """Energies already computed along recent segments (LOOP only; see :mod:`modeconnect.energy_memo`)."""
 
     def _setup_batchnorm(self, bn_batches, bn_statistics, bn_source) -> None:
         policy = self.batchnorm
@@ -208,6 +237,7 @@ class Energy:
             "points_per_chunk": self.points_per_chunk,
             "memory_budget_mb": self.memory_budget_mb,
             "sample_batch_size": self.sample_batch_size,
+            **({"threads": self.threads, "chosen_threads": self.chosen_threads} if self.threads is not None else {}),
         }
 
     def describe_batchnorm(self) -> dict[str, Any] | None:
@@ -281,8 +311,19 @@ class Energy:
         Interpolated points are built lazily: one at a time for LOOP, ``chunk_size`` at a time for VMAP.
         """
         ts = torch.as_tensor(ts, dtype=torch.float64).reshape(-1)
-        return self._evaluate(len(ts), lambda lo, hi: interpolate_many(a, b, ts[lo:hi]),
-                              lambda i: interpolate(a, b, float(ts[i])))
+        if self.chosen_strategy is Strategy.MATMUL:  # plain float parameters: the lean interpolation, same bits
+            return self._evaluate(len(ts), lambda lo, hi: lerp_points(a, b, ts[lo:hi]),
+                                  lambda i: interpolate(a, b, float(ts[i])))
+        if self.chosen_strategy is not Strategy.LOOP:  # batched values may depend on the chunk: never memoised
+            return self._evaluate(len(ts), lambda lo, hi: interpolate_many(a, b, ts[lo:hi]),
+                                  lambda i: interpolate(a, b, float(ts[i])))
+        known, values = self.memo.lookup(a, b, ts)  # LOOP: each point on its own, so remembered values are exact
+        todo = ts[~known]
+        if len(todo):
+            values[~known] = self._evaluate(len(todo), lambda lo, hi: interpolate_many(a, b, todo[lo:hi]),
+                                            lambda i: interpolate(a, b, float(todo[i])))
+            self.memo.store(a, b, todo, values[~known])
+        return values
 
     def require_finite(self, value: float, what: str) -> float:
         """Return ``value`` or raise :class:`NonFiniteEnergyError` naming ``what``."""
@@ -303,12 +344,17 @@ class Energy:
         return max(1, min(256, int(self.memory_budget_mb * 2**20) // max(per_point, 1)))
 
     def _point_sum(self, params: Mapping[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        return metric_sum(self.metric, functional_call(self.model, dict(params), (x,)), y)
+        return metric_sum(self.metric, functional_call(self._fast_model, dict(params), (x,)), y)
 
     def _sample_batches(self, ref: Tensor):
-        x, y = data_like(self.inputs, self.targets, ref)
-        step = self.sample_batch_size or len(x)
-        return [(x[s : s + step], y[s : s + step]) for s in range(0, len(x), step)], metric_count(self.metric, y)
+        """The evaluation data in sample batches on ``ref``'s device and dtype, and its unit count (built once)."""
+        key = (ref.device, ref.dtype)
+        if key not in self._batches:
+            x, y = data_like(self.inputs, self.targets, ref)
+            step = self.sample_batch_size or len(x)
+            self._batches[key] = ([(x[s : s + step], y[s : s + step]) for s in range(0, len(x), step)],
+                                  metric_count(self.metric, y))
+        return self._batches[key]
 
     def _call_params(self, point: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Parameters, the point's buffers and BatchNorm statistics (by name) for ``functional_call`` at one
@@ -335,48 +381,60 @@ class Energy:
         total = sum(self._point_sum(params, x, y).double() for x, y in batches)
         return self.metric.finalize(total / n)
 
-    def _chunk(self, chunk: Mapping[str, Tensor]) -> Tensor:
+    def _chunk(self, chunk: Mapping[str, Tensor], strategy: Strategy = Strategy.VMAP) -> Tensor:
         batches, n = self._sample_batches(next(iter(chunk.values())))
-        params = self._call_params_batched(chunk)
-        batched = vmap(self._point_sum, in_dims=(0, None, None))
-        total = sum(batched(params, x, y).double() for x, y in batches)
+        if strategy is Strategy.MATMUL:
+            total = sum(self._plan.sums(self.metric, chunk, x, y).double() for x, y in batches)
+        else:
+            params = self._call_params_batched(chunk)
+            batched = vmap(self._point_sum, in_dims=(0, None, None))
+            total = sum(batched(params, x, y).double() for x, y in batches)
         return self.metric.finalize(total / n)
+
+    def _chunk_points(self, strategy: Strategy) -> int:
+        """Points per batched call: :attr:`points_per_chunk`, and for MATMUL at most as many as keep one layer's
+        activations within ``memory_budget_mb`` and :data:`~modeconnect.fast_eval.MATMUL_CACHE_BYTES` (computed
+        once per setting)."""
+        key = (strategy, self.chunk_size, self.memory_budget_mb, self.sample_batch_size)
+        if key not in self._sizes:
+            size = self.points_per_chunk
+            if strategy is Strategy.MATMUL:
+                samples = min(self.sample_batch_size or self.n_samples, self.n_samples)
+                per_point = self._plan.widest * samples * self.template[next(iter(self.template))].element_size()
+                size = max(1, min(size, int(self.memory_budget_mb * 2**20) // max(per_point, 1),
+                                  MATMUL_CACHE_BYTES // max(per_point, 1)))
+            self._sizes[key] = size
+        return self._sizes[key]
+
+    def _run(self, strategy: Strategy, lo: int, hi: int, get_chunk, get_one) -> Tensor:
+        """Energies of points ``lo..hi-1`` with ``strategy`` (float64, shape ``[hi - lo]``)."""
+        if hi <= lo:
+            return torch.zeros(0, dtype=torch.float64)
+        if strategy is Strategy.LOOP:
+            return torch.stack([self._one(get_one(i)) for i in range(lo, hi)]).reshape(hi - lo)
+        size = self._chunk_points(strategy)
+        parts = [self._chunk(get_chunk(s, min(s + size, hi)), strategy) for s in range(lo, hi, size)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    @contextlib.contextmanager
+    def thread_scope(self):
+        """Run the block with this energy's torch threads (``threads``/``chosen_threads``), then restore them."""
+        previous = torch.get_num_threads()
+        wanted = self.chosen_threads or previous
+        if not isinstance(self.threads, int):  # a measured count never exceeds the process's current limit
+            wanted = min(wanted, previous)
+        if wanted != previous:
+            torch.set_num_threads(wanted)
+        try:
+            yield
+        finally:
+            if wanted != previous:
+                torch.set_num_threads(previous)
 
     def _evaluate(self, n_points: int, get_chunk, get_one) -> Tensor:
         with torch.no_grad():
-            if self.chosen_strategy is None and n_points >= 2:
-                self.chosen_strategy = self._measure(get_chunk, get_one, min(n_points, self.points_per_chunk, 8))
-            strategy = self.chosen_strategy or Strategy.LOOP
+            head = measure(self, n_points, get_chunk, get_one)  # values of the points it probed, if it did
             self.n_evaluations += n_points
-            if strategy is Strategy.LOOP:
-                return torch.stack([self._one(get_one(i)) for i in range(n_points)]).reshape(n_points)
-            size = self.points_per_chunk
-            return torch.cat([self._chunk(get_chunk(lo, min(lo + size, n_points))) for lo in range(0, n_points, size)])
-
-    def _measure(self, get_chunk, get_one, n_probe: int) -> Strategy:
-        """Time both strategies on ``n_probe`` points (warm-up, then best of 2, taking turns); keep the faster.
-
-        VMAP must win by 10% to be chosen: the loop is the simpler reference and uses less memory.
-        """
-        def loop() -> None:
-            for i in range(n_probe):
-                self._one(get_one(i))
-
-        def batched() -> None:
-            self._chunk(get_chunk(0, n_probe))
-
-        def timed(run) -> float:
-            start = time.perf_counter()
-            run()
-            return time.perf_counter() - start
-
-        try:
-            batched()  # warm-up; fails for an op without a batching rule
-        except RuntimeError:
-            return Strategy.LOOP
-        loop()
-        t_loop = t_vmap = float("inf")
-        for _ in range(2):
-            t_loop = min(t_loop, timed(loop))
-            t_vmap = min(t_vmap, timed(batched))
-        return Strategy.VMAP if t_vmap < 0.9 * t_loop else Strategy.LOOP
+            with self.thread_scope():
+                rest = self._run(self.chosen_strategy or Strategy.LOOP, len(head), n_points, get_chunk, get_one)
+            return torch.cat([head, rest]) if len(head) else rest

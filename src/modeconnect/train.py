@@ -263,7 +263,17 @@ class _Hyperplane:
             params[k].sub_(along * n)
 
 
-def train_to_target(
+def train_to_target(start: Mapping[str, Tensor], *, energy: Energy, **settings: Any) -> tuple[Point, TrainStatus]:
+    """Train a copy of ``start`` until ``energy(point) <= target`` (see :func:`_train_to_target` for the
+    settings), with the energy's torch threads (:meth:`~modeconnect.energy.Energy.thread_scope`: its
+    ``threads`` setting or measured choice; the process's setting when it has none)."""
+    if energy.threads == "auto" and energy.chosen_threads is None:
+        energy(start)  # measures the thread count (once per energy), so that training uses it from step 0
+    with energy.thread_scope():
+        return _train_to_target(start, energy=energy, **settings)
+
+
+def _train_to_target(
     start: Mapping[str, Tensor],
     *,
     energy: Energy,

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from torch import nn
 
 from ..errors import ConfigError
+from .pooling import MaxPool2x2
 
 __all__ = ["mnist_convnet", "cifar_convnet", "kuditipudi_convnet"]
 
@@ -43,8 +44,8 @@ def mnist_convnet(conv1: int = 32, conv2: int = 64, fc: int = 1024) -> nn.Sequen
     if not (isinstance(fc, int) and fc >= 0):
         raise ConfigError(f"fc must be a non-negative integer (0: no hidden layer), got {fc!r}")
     layers: list[tuple[str, nn.Module]] = [
-        ("conv1", nn.Conv2d(1, conv1, 5, padding=2)), ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
-        ("conv2", nn.Conv2d(conv1, conv2, 5, padding=2)), ("relu2", nn.ReLU()), ("pool2", nn.MaxPool2d(2)),
+        ("conv1", nn.Conv2d(1, conv1, 5, padding=2)), ("relu1", nn.ReLU()), ("pool1", MaxPool2x2()),
+        ("conv2", nn.Conv2d(conv1, conv2, 5, padding=2)), ("relu2", nn.ReLU()), ("pool2", MaxPool2x2()),
         ("flatten", nn.Flatten()),
     ]
     if fc:
@@ -71,7 +72,7 @@ def cifar_convnet(conv1: int = 64, conv2: int = 64, fc1: int = 384, fc2: int = 1
         out: list[tuple[str, nn.Module]] = [(f"conv{i}", nn.Conv2d(cin, cout, 5, padding=2))]
         if batchnorm:
             out.append((f"bn{i}", nn.BatchNorm2d(cout)))
-        return out + [(f"relu{i}", nn.ReLU()), (f"pool{i}", nn.MaxPool2d(2))]
+        return out + [(f"relu{i}", nn.ReLU()), (f"pool{i}", MaxPool2x2())]
 
     layers = [*block(1, 3, conv1), *block(2, conv1, conv2), ("flatten", nn.Flatten()),
               ("fc1", nn.Linear(conv2 * 8 * 8, fc1)), ("relu3", nn.ReLU()),
@@ -93,7 +94,7 @@ def kuditipudi_convnet(width: int = 32, n_layers: int = 3) -> nn.Sequential:
     size, cin = 28, 1
     for i in range(1, n_layers + 1):
         layers += [(f"conv{i}", nn.Conv2d(cin, width, 3, padding=1, bias=False)), (f"relu{i}", nn.ReLU()),
-                   (f"pool{i}", nn.MaxPool2d(2))]
+                   (f"pool{i}", MaxPool2x2())]
         size, cin = size // 2, width
         if size < 1:
             raise ConfigError(f"{n_layers} pooled layers shrink a 28x28 image below 1 pixel; use at most 4")

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from ..errors import ConfigError
+from .pooling import MaxPool2x2
 
 __all__ = ["vgg_small", "VGG_SMALL_WIDTHS"]
 
@@ -31,7 +32,7 @@ def vgg_small(widths: Sequence[int] = VGG_SMALL_WIDTHS, n_classes: int = 10) -> 
     for i, width in enumerate(widths):
         layers += [(f"conv{i + 1}", nn.Conv2d(cin, width, 3, padding=1, bias=False)), (f"relu{i + 1}", nn.ReLU())]
         if i in _POOL_AFTER:
-            layers.append((f"pool{i + 1}", nn.MaxPool2d(2)))
+            layers.append((f"pool{i + 1}", MaxPool2x2()))
             size //= 2
         cin = width
     layers += [("flatten", nn.Flatten()), ("out", nn.Linear(cin * size * size, n_classes, bias=False))]

@@ -83,7 +83,7 @@ def _image_task(name: str, description: str, build, data: dict, *, threshold: fl
                 endpoint: TrainConfig, bead: TrainConfig, options: dict) -> Task:
     model = build_without_global_rng(build)
     energy = Energy(model, data["x_eval"], data["y_eval"], "error_rate", strategy=strategy,
-                    sample_batch_size=500, split="test", selection=data["eval_selection"])
+                    sample_batch_size=500, split="test", selection=data["eval_selection"], threads="auto")
     return Task(
         name=name, description=description,
         make_model=lambda seed: seeded(build, seed),

@@ -56,7 +56,7 @@ def polynomial_task(kind: str, *, activation: str = "sigmoid", n_train: int = 25
         description=f"{kind} regression {formula} on [0, 1], 1-4-4-1 {activation} MLP, energy = test MAE",
         make_model=lambda seed: seeded(lambda: mlp_1441(activation), seed),
         objective=Objective(x_train, f(x_train), "mse"),
-        energy=Energy(model, x_test, f(x_test), "mae", strategy="vmap"),
+        energy=Energy(model, x_test, f(x_test), "mae", strategy="matmul"),
         default_threshold=0.05,
         endpoint_training=TrainConfig(optimizer="adam", lr=0.02, check_every=50, dense_checks=500, max_steps=20000),
         bead_training=TrainConfig(optimizer="adam", lr=0.01, check_every=25, dense_checks=100, max_steps=20000,
