@@ -28,7 +28,8 @@ from ..errors import ConfigError
 from ..path import Path
 from ..train import Objective
 
-__all__ = ["Outcome", "PathMethod", "Checkpoint", "Progress", "as_enum", "check_state_fields"]
+__all__ = ["Outcome", "PathMethod", "Checkpoint", "Progress", "as_enum", "check_state_fields", "ConstructionState",
+           "finish_construction"]
 
 Checkpoint = Callable[[Path, Any], None]
 """``checkpoint(path, state)``: called by a method whenever its state is worth saving, and once at the end."""
@@ -96,3 +97,30 @@ class PathMethod(Protocol):
     def run(self, start: Path, energy: Energy, *, threshold: float, config: Any, objective: Objective | None,
             state: Any | None, checkpoint: Checkpoint | None, progress: Progress | None) -> tuple[Path, Outcome]:
         ...
+
+
+@dataclass
+class ConstructionState:
+    """The state of a constructed (not trained) path: it is built in one go, so the state records only that it
+    finished, how, and in how long (the constructions of Kuditipudi et al. and of the linear networks)."""
+
+    finished: bool = False
+    outcome: dict[str, Any] | None = None
+    elapsed_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ConstructionState:
+        check_state_fields(cls, data, "construction")
+        return cls(**data)
+
+
+def finish_construction(path: Path, outcome: Outcome, state: ConstructionState,
+                        checkpoint: Checkpoint | None) -> tuple[Path, Outcome]:
+    """Record ``outcome`` in ``state``, checkpoint once, and return what a method's ``run`` returns."""
+    state.finished, state.outcome, state.elapsed_s = True, outcome.to_dict(), outcome.elapsed_s
+    if checkpoint is not None:
+        checkpoint(path, state)
+    return path, outcome

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -24,31 +23,13 @@ from ..energy import Energy
 from ..kuditipudi.units import UnitSpec, copy_tower, in_rows, reroute_top, set_in_rows, zero_units
 from ..params import Point
 from ..path import Path
-from .base import Checkpoint, Outcome, check_state_fields
+from .base import ConstructionState, Outcome, finish_construction
 from .kuditipudi_dropout import Step, segment_bound
 
 __all__ = ["ConstructionState", "embed_tower", "move_tower", "zero_rows_except", "rows_from", "top_from",
            "evaluate_steps", "straight_line", "finish_outcome", "choose_slots"]
 
 
-@dataclass
-class ConstructionState:
-    """A construction runs in one go: the state records only that it finished (and how)."""
-
-    finished: bool = False
-    outcome: dict[str, Any] | None = None
-    elapsed_s: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ConstructionState:
-        check_state_fields(cls, data, "construction")
-        return cls(**data)
-
-
-# -- moving units -------------------------------------------------------------------------------
 def _pairs(spec: UnitSpec, src: Sequence[Sequence[int]], dst: Sequence[Sequence[int]]):
     n = len(spec.layers)
     rows = {li: (list(src[li]), list(dst[li])) for li in range(n)}
@@ -183,12 +164,8 @@ def stopped(start: Path, reason: str, message: str, extras: dict[str, Any], *, c
                           elapsed_s=elapsed + time.perf_counter() - clock, extras=extras)
 
 
-def finish(path: Path, outcome: Outcome, state: ConstructionState, checkpoint: Checkpoint | None
-           ) -> tuple[Path, Outcome]:
-    state.finished, state.outcome, state.elapsed_s = True, outcome.to_dict(), outcome.elapsed_s
-    if checkpoint is not None:
-        checkpoint(path, state)
-    return path, outcome
+finish = finish_construction
+"""Record a built or stopped path's outcome (:func:`~modeconnect.methods.base.finish_construction`)."""
 
 
 def merge_equal(beads: list[Point], steps: list[Step]) -> tuple[list[Point], list[Step]]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
@@ -49,9 +49,9 @@ from ..params import Point
 from ..path import Path
 from ..seeding import derive_seed
 from ..train import Objective
-from .base import Checkpoint, Outcome, Progress, check_state_fields
+from .base import Checkpoint, ConstructionState, Outcome, Progress, finish_construction
 
-__all__ = ["KuditipudiConfig", "KuditipudiState", "KuditipudiDropout", "lemma1_path", "lemma2_path",
+__all__ = ["KuditipudiConfig", "KuditipudiDropout", "lemma1_path", "lemma2_path",
            "theorem1_path", "Step", "segment_bound"]
 
 
@@ -90,23 +90,6 @@ class KuditipudiConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-@dataclass
-class KuditipudiState:
-    """The construction is deterministic and fast: the state only records that it finished."""
-
-    finished: bool = False
-    outcome: dict[str, Any] | None = None
-    elapsed_s: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> KuditipudiState:
-        check_state_fields(cls, data, "kuditipudi_dropout")
-        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -312,13 +295,13 @@ class KuditipudiDropout:
     summary: ClassVar[str] = "Kuditipudi et al. (2019) Theorem 1 path between dropout-stable networks (no training)"
     trains: ClassVar[bool] = False
     Config: ClassVar[type] = KuditipudiConfig
-    State: ClassVar[type] = KuditipudiState
+    State: ClassVar[type] = ConstructionState
 
     def run(self, start: Path, energy: Energy, *, threshold: float, config: KuditipudiConfig,
-            objective: Objective | None = None, state: KuditipudiState | None = None,
+            objective: Objective | None = None, state: ConstructionState | None = None,
             checkpoint: Checkpoint | None = None, progress: Progress | None = None) -> tuple[Path, Outcome]:
         say = progress or (lambda message: None)
-        state = state or KuditipudiState()
+        state = state or ConstructionState()
         if state.finished and state.outcome is not None:
             return start, Outcome.from_dict(state.outcome)
         clock = time.perf_counter()
@@ -340,7 +323,7 @@ class KuditipudiDropout:
                 extras["max_interpolated_energy"] = extras["straight_line_max_energy"]
             outcome = Outcome(connected=False, reason="not_applicable", message=message,
                               elapsed_s=state.elapsed_s + time.perf_counter() - clock, extras=extras)
-            return self._finish(start, outcome, state, checkpoint)
+            return finish_construction(start, outcome, state, checkpoint)
         extras.update(layers=spec.names(), sizes=spec.sizes)
         masks, reports = {}, {}
         for which, point in (("a", a), ("b", b)):
@@ -370,7 +353,7 @@ class KuditipudiDropout:
             say(message)
             outcome = Outcome(connected=False, reason="not_dropout_stable", message=message,
                               elapsed_s=state.elapsed_s + time.perf_counter() - clock, extras=extras)
-            return self._finish(start, outcome, state, checkpoint)
+            return finish_construction(start, outcome, state, checkpoint)
         r = config.rescale if config.rescale is not None else 1.0 / (1.0 - config.p)
         beads, steps = theorem1_path(a, b, spec, masks["a"], masks["b"], r)
         path = Path(beads)
@@ -414,12 +397,4 @@ class KuditipudiDropout:
         outcome = Outcome(connected=connected, reason="connected" if connected else "barrier_above_threshold",
                           message=message, worst_barrier=vmax, worst_segment=worst,
                           elapsed_s=state.elapsed_s + time.perf_counter() - clock, extras=extras)
-        return self._finish(path, outcome, state, checkpoint)
-
-    @staticmethod
-    def _finish(path: Path, outcome: Outcome, state: KuditipudiState,
-                checkpoint: Checkpoint | None) -> tuple[Path, Outcome]:
-        state.finished, state.outcome, state.elapsed_s = True, outcome.to_dict(), outcome.elapsed_s
-        if checkpoint is not None:
-            checkpoint(path, state)
-        return path, outcome
+        return finish_construction(path, outcome, state, checkpoint)

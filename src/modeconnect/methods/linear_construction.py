@@ -17,7 +17,7 @@ Derivation and choices: ``docs/linear_networks.md``.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any, ClassVar
 
@@ -31,9 +31,9 @@ from ..seeding import derive_seed
 from ..tasks.linear import check_sizes
 from ..theory.linear_paths import DeepLinearPath, NotApplicable, RidgePath, chain_product
 from ..train import Objective
-from .base import Checkpoint, Outcome, Progress, as_enum, check_state_fields
+from .base import Checkpoint, ConstructionState, Outcome, Progress, as_enum, finish_construction
 
-__all__ = ["Side", "LinearConstructionConfig", "LinearConstructionState", "LinearConstruction", "chain_sizes",
+__all__ = ["Side", "LinearConstructionConfig", "LinearConstruction", "chain_sizes",
            "construct"]
 
 
@@ -107,23 +107,6 @@ class LinearConstructionConfig:
         return cls(**data)
 
 
-@dataclass
-class LinearConstructionState:
-    """The construction is deterministic and fast: the state only records that it finished."""
-
-    finished: bool = False
-    outcome: dict[str, Any] | None = None
-    elapsed_s: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LinearConstructionState:
-        check_state_fields(cls, data, "linear_construction")
-        return cls(**data)
-
-
 def chain_sizes(model: nn.Module) -> tuple[int, ...]:
     """Sizes d_0..d_K of a bias-free linear chain, or a ConfigError saying why ``model`` is not one."""
     layers = list(model.children()) if isinstance(model, nn.Sequential) else []
@@ -191,7 +174,7 @@ class LinearConstruction:
     summary: ClassVar[str] = "Freeman & Bruna Proposition 2.2 path between deep linear networks (no training)"
     trains: ClassVar[bool] = False
     Config: ClassVar[type] = LinearConstructionConfig
-    State: ClassVar[type] = LinearConstructionState
+    State: ClassVar[type] = ConstructionState
 
     @staticmethod
     def check_energy(energy: Energy) -> None:
@@ -203,10 +186,10 @@ class LinearConstruction:
                               f"network has {len(sizes) - 1}")
 
     def run(self, start: Path, energy: Energy, *, threshold: float, config: LinearConstructionConfig,
-            objective: Objective | None = None, state: LinearConstructionState | None = None,
+            objective: Objective | None = None, state: ConstructionState | None = None,
             checkpoint: Checkpoint | None = None, progress: Progress | None = None) -> tuple[Path, Outcome]:
         say = progress or (lambda message: None)
-        state = state or LinearConstructionState()
+        state = state or ConstructionState()
         if state.finished and state.outcome is not None:
             return start, Outcome.from_dict(state.outcome)
         clock = time.perf_counter()
@@ -238,7 +221,7 @@ class LinearConstruction:
             outcome = Outcome(connected=False, reason="not_applicable", message=f"the Proposition 2.2 "
                               f"construction does not apply: {exc}",
                               elapsed_s=state.elapsed_s + time.perf_counter() - clock, extras=extras)
-            return self._finish(start, outcome, state, checkpoint)
+            return finish_construction(start, outcome, state, checkpoint)
         extras.update(chosen)
         extras.update(_dense_record(curve, energy, a, keys, dense, bound))
         accept = config.tolerance * threshold
@@ -259,15 +242,7 @@ class LinearConstruction:
         outcome = Outcome(connected=connected, reason="connected" if connected else "barrier_above_threshold",
                           message=message, worst_barrier=vmax, worst_segment=worst,
                           elapsed_s=state.elapsed_s + time.perf_counter() - clock, extras=extras)
-        return self._finish(path, outcome, state, checkpoint)
-
-    @staticmethod
-    def _finish(path: Path, outcome: Outcome, state: LinearConstructionState,
-                checkpoint: Checkpoint | None) -> tuple[Path, Outcome]:
-        state.finished, state.outcome, state.elapsed_s = True, outcome.to_dict(), outcome.elapsed_s
-        if checkpoint is not None:
-            checkpoint(path, state)
-        return path, outcome
+        return finish_construction(path, outcome, state, checkpoint)
 
 
 def _beads(curve, energy: Energy, a, b, keys, config: LinearConstructionConfig,
