@@ -29,7 +29,8 @@ def _profile_panel(ax, case: dict[str, Any], title: str) -> None:
 
 def linear_figures(results: dict[str, Any]) -> dict[str, Any]:
     """``profiles``: energy along the straight line, the construction and greedy DSS's path for the first pair
-    of each configuration and the two special cases, and the descent to a global minimiser; ``ratios``: each path's maximum over lambda, every pair."""
+    of each configuration and the two special cases, and the descent to a global minimiser; ``ratios``: each
+    path's maximum over lambda, every pair."""
     configs = [c["name"] for c in results["configs"]]
     firsts = [next(p for p in results["pairs"] if p["label"].startswith(name + " pair")) for name in configs]
     cases = [(p, p["label"]) for p in firsts] + [(results["flipped"], "K=3 vs its sign-flipped copy"),

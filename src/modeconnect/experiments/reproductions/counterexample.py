@@ -75,7 +75,8 @@ def _sample(settings: dict[str, Any], sigma: float) -> dict[str, Any]:
     return {"sigma": sigma, "threshold": task.default_threshold, "energy_a": task.energy(a),
             "energy_b": task.energy(b), "risk_a": endpoint_risk(sigma),
             "line_barrier": float(line.energies(0, [0.5], task.energy)[0]),
-            "floor": None if floor is None else floor["floor"], "floor_angle": None if floor is None else floor["angle"]}
+            "floor": None if floor is None else floor["floor"],
+            "floor_angle": None if floor is None else floor["angle"]}
 
 
 def run(out: FsPath, *, quick: bool, progress: Callable[[str], None]) -> dict[str, Any]:
@@ -120,7 +121,8 @@ def run(out: FsPath, *, quick: bool, progress: Callable[[str], None]) -> dict[st
               + ", ".join(f"{s['floor']:.5g}" for s in samples if s["floor"] is not None)),
         claim("both endpoints reach arbitrarily small risk as the covariance shrinks: A's energy falls with sigma "
               "(up to float32 rounding) and matches its closed-form population risk", decreasing and agree,
-              "; ".join(f"sigma={s['sigma']:g}: {s['energy_a']:.3g} (closed form {s['risk_a']:.3g})" for s in by_sigma)),
+              "; ".join(f"sigma={s['sigma']:g}: {s['energy_a']:.3g} (closed form {s['risk_a']:.3g})"
+                        for s in by_sigma)),
     ]
     table = ["sigma,method,connected,reason,barrier,lowest_crossing,crossings,beads,threshold,bound,floor,"
              "line_barrier,energy_a,wall_time_s"]
