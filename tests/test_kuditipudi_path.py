@@ -200,13 +200,11 @@ def test_cli_connect_with_kuditipudi_dropout(tmp_path):
         assert result["n_segments"] == result["n_pieces"] and result["every_segment_within_bound"]
 
 
-def test_a_model_the_construction_cannot_handle_is_an_outcome_naming_the_layer_not_a_crash():
+def test_a_model_the_construction_cannot_handle_is_refused_before_anything_runs(tmp_path):
     """The Section 5 task's student (a capped ReLU and a fixed sum as output) has no top layer to interpolate:
-    the method says so as its reason, with the straight segment's barrier, so a comparison keeps its row."""
+    the run is refused naming the layer, before endpoints are trained or a directory is written."""
     from modeconnect.experiments import ConnectRunConfig, run_connect
 
-    result = run_connect(ConnectRunConfig(task="kuditipudi-disconnected", method="kuditipudi_dropout"))
-    assert result["connected"] is False and result["reason"] == "not_applicable"
-    assert "Hardtanh" in result["message"] or "SumOutput" in result["message"]
-    assert result["n_beads"] == 0
-    assert result["straight_line_max_energy"] == pytest.approx(1.0)  # the proven barrier on the line
+    with pytest.raises(ConfigError, match="Hardtanh|SumOutput"):
+        run_connect(ConnectRunConfig(task="kuditipudi-disconnected", method="kuditipudi_dropout"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

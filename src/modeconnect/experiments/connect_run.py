@@ -139,7 +139,10 @@ class ConnectRunConfig:
         task = make_task(self.task, **self.task_options())
         cls = METHODS[self.method]
         if hasattr(cls, "check_energy"):  # a method that cannot apply to this model says so before any training
-            cls.check_energy(task.energy)
+            try:
+                cls.check_energy(task.energy)
+            except ConfigError as exc:
+                raise ConfigError(f"method {self.method!r} does not apply to task {self.task!r}: {exc}") from None
         defaults = cls.Config()
         if hasattr(defaults, "bead_training"):  # methods that train points start from the task's bead training
             defaults = replace(defaults, bead_training=task.bead_training)

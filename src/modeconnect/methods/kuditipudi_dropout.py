@@ -297,6 +297,11 @@ class KuditipudiDropout:
     Config: ClassVar[type] = KuditipudiConfig
     State: ClassVar[type] = ConstructionState
 
+    @staticmethod
+    def check_energy(energy: Energy) -> None:
+        """ConfigError (naming the layer) when the model's hidden units cannot be read: before any training."""
+        hidden_units(energy.model)
+
     def run(self, start: Path, energy: Energy, *, threshold: float, config: KuditipudiConfig,
             objective: Objective | None = None, state: ConstructionState | None = None,
             checkpoint: Checkpoint | None = None, progress: Progress | None = None) -> tuple[Path, Outcome]:
@@ -314,16 +319,7 @@ class KuditipudiDropout:
             extras["straight_line_max_energy"] = float(line.max())
             extras["straight_line_argmax_t"] = float(ts[int(line.argmax())])
             say(f"straight segment A-B: max energy {extras['straight_line_max_energy']:.4g}")
-        try:
-            spec = hidden_units(energy.model)
-        except ConfigError as exc:  # the construction does not apply to this model: say so, as an outcome
-            message = f"the Theorem 1 construction does not apply to this model: {exc}"
-            say(message)
-            if "straight_line_max_energy" in extras:  # the returned path is the plain segment A-B
-                extras["max_interpolated_energy"] = extras["straight_line_max_energy"]
-            outcome = Outcome(connected=False, reason="not_applicable", message=message,
-                              elapsed_s=state.elapsed_s + time.perf_counter() - clock, extras=extras)
-            return finish_construction(start, outcome, state, checkpoint)
+        spec = hidden_units(energy.model)
         extras.update(layers=spec.names(), sizes=spec.sizes)
         masks, reports = {}, {}
         for which, point in (("a", a), ("b", b)):
