@@ -24,7 +24,7 @@ from ..kuditipudi.units import UnitSpec, copy_tower, in_rows, reroute_top, set_i
 from ..params import Point
 from ..path import Path
 from .base import ConstructionState, Outcome, finish_construction
-from .kuditipudi_dropout import Step, segment_bound
+from .kuditipudi_dropout import Step, measured_slack, segment_bound
 
 __all__ = ["ConstructionState", "embed_tower", "move_tower", "zero_rows_except", "rows_from", "top_from",
            "evaluate_steps", "straight_line", "finish_outcome", "choose_slots"]
@@ -132,15 +132,14 @@ def finish_outcome(records: list[dict[str, Any]], extras: dict[str, Any], *, thr
     worst = max(range(len(records)), key=lambda k: records[k]["max_energy"])
     vmax = records[worst]["max_energy"]
     ends = max(records[0]["start_energy"], records[-1]["end_energy"])
-    slack = max(0.0, max(waypoints.values(), default=ends) - ends)
+    slack, within = measured_slack(vmax, ends, max(waypoints.values(), default=ends))
     accept = tolerance * threshold
     parts: dict[str, int] = {}
     for rec in records:
         parts[rec["part"]] = parts.get(rec["part"], 0) + 1
     extras.update(segments=records, n_segments=len(records), part_segments=parts, max_interpolated_energy=vmax,
                   endpoint_max_energy=ends, path_barrier=vmax - ends, waypoint_energies=dict(waypoints),
-                  measured_slack=slack,  # within_slack allows the rounding between two batchings of one point:
-                  within_slack=vmax <= ends + slack + 1e-6 * max(1.0, abs(ends + slack)),
+                  measured_slack=slack, within_slack=within,
                   every_segment_within_bound=all(r["within_bound"] is not False for r in records))
     connected = vmax <= accept
     where = f"segment {worst} ({records[worst]['part']} {records[worst]['step']})"

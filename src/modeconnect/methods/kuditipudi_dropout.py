@@ -51,8 +51,8 @@ from ..seeding import derive_seed
 from ..train import Objective
 from .base import Checkpoint, ConstructionState, Outcome, Progress, finish_construction
 
-__all__ = ["KuditipudiConfig", "KuditipudiDropout", "lemma1_path", "lemma2_path",
-           "theorem1_path", "Step", "segment_bound"]
+__all__ = ["KuditipudiConfig", "KuditipudiDropout", "lemma1_path", "lemma2_path", "theorem1_path", "Step",
+           "segment_bound", "measured_slack", "check_hidden_units"]
 
 
 @dataclass(frozen=True)
@@ -288,6 +288,20 @@ def segment_bound(kind: str, metric: Metric, e0: float, e1: float) -> float:
     return max(e0, e1)
 
 
+def measured_slack(path_max: float, endpoint_max: float, waypoint_max: float) -> tuple[float, bool]:
+    """``(slack, within)``: how far the construction's waypoints (dropout versions, Lemma 3 segments, theta*) lie
+    above the worse endpoint (at least 0), and whether the path's maximum stays within it (allowing the rounding
+    between two batchings of one point). Every Kuditipudi construction reports these."""
+    slack = max(0.0, waypoint_max - endpoint_max)
+    bound = endpoint_max + slack
+    return slack, path_max <= bound + 1e-6 * max(1.0, abs(bound))
+
+
+def check_hidden_units(energy: Energy) -> None:
+    """ConfigError (naming the layer) when the model's hidden units cannot be read: before any training."""
+    hidden_units(energy.model)
+
+
 class KuditipudiDropout:
     """The Theorem 1 construction as a registered path method (see the module docstring)."""
 
@@ -297,10 +311,7 @@ class KuditipudiDropout:
     Config: ClassVar[type] = KuditipudiConfig
     State: ClassVar[type] = ConstructionState
 
-    @staticmethod
-    def check_energy(energy: Energy) -> None:
-        """ConfigError (naming the layer) when the model's hidden units cannot be read: before any training."""
-        hidden_units(energy.model)
+    check_energy = staticmethod(check_hidden_units)
 
     def run(self, start: Path, energy: Energy, *, threshold: float, config: KuditipudiConfig,
             objective: Objective | None = None, state: ConstructionState | None = None,
@@ -375,9 +386,8 @@ class KuditipudiDropout:
         # the per-step bound (the sum of a top-layer segment's ends)
         ends = max(reports["a"].energy, reports["b"].energy)
         waypoints = max(max(reports[w].energies[reports[w].best_mask]) for w in ("a", "b"))
-        slack = max(0.0, waypoints - ends)
-        extras.update(measured_slack=slack, path_over_endpoints=vmax - ends,
-                      within_slack=vmax <= ends + slack + 1e-6 * max(1.0, abs(ends + slack)))
+        slack, within = measured_slack(vmax, ends, waypoints)
+        extras.update(measured_slack=slack, path_over_endpoints=vmax - ends, within_slack=within)
         extras.update(segments=records, n_segments=len(records), max_interpolated_energy=vmax,
                       theorem_bound=max(rec["bound"] for rec in records),
                       every_segment_within_bound=all(rec["within_bound"] for rec in records),

@@ -58,7 +58,7 @@ from .kuditipudi_common import (
     top_from,
     zero_rows_except,
 )
-from .kuditipudi_dropout import Step
+from .kuditipudi_dropout import Step, check_hidden_units
 from .kuditipudi_noise import check_common, draw_extras, endpoint_draws, keeps_every_layer, not_stable_message
 
 __all__ = ["NarrowConfig", "KuditipudiNarrow", "theorem3_path", "narrow_slots", "narrow_widths", "narrow_masks",
@@ -278,10 +278,7 @@ class KuditipudiNarrow:
     Config: ClassVar[type] = NarrowConfig
     State: ClassVar[type] = ConstructionState
 
-    @staticmethod
-    def check_energy(energy: Energy) -> None:
-        """ConfigError (naming the layer) when the model's hidden units cannot be read: before any training."""
-        hidden_units(energy.model)
+    check_energy = staticmethod(check_hidden_units)
 
     def run(self, start: Path, energy: Energy, *, threshold: float, config: NarrowConfig,
             objective: Objective | None = None, state: ConstructionState | None = None,

@@ -53,7 +53,7 @@ from .kuditipudi_common import (
     top_from,
     zero_rows_except,
 )
-from .kuditipudi_dropout import Step
+from .kuditipudi_dropout import Step, check_hidden_units
 
 __all__ = ["NoiseConfig", "KuditipudiNoise", "theorem2_path", "lemma3_path", "lemma2_room"]
 
@@ -195,10 +195,7 @@ class KuditipudiNoise:
     Config: ClassVar[type] = NoiseConfig
     State: ClassVar[type] = ConstructionState
 
-    @staticmethod
-    def check_energy(energy: Energy) -> None:
-        """ConfigError (naming the layer) when the model's hidden units cannot be read: before any training."""
-        hidden_units(energy.model)
+    check_energy = staticmethod(check_hidden_units)
 
     def run(self, start: Path, energy: Energy, *, threshold: float, config: NoiseConfig,
             objective: Objective | None = None, state: ConstructionState | None = None,
