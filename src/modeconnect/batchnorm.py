@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +48,7 @@ from .errors import ConfigError
 
 __all__ = [
     "BatchNormPolicy",
+    "BatchNormSetup",
     "BUFFER_PREFIX",
     "as_policy",
     "batchnorm_layers",
@@ -212,3 +215,82 @@ def recompute_statistics(module: nn.Module, params: Mapping[str, Tensor], batche
         for x in batches:
             functional_call(module, {**params, **stats}, (x,))
     return {k: v for k, v in stats.items() if not k.endswith("num_batches_tracked")}
+
+
+@dataclass
+class BatchNormSetup:
+    """What an :class:`~modeconnect.energy.Energy` needs to give every point its BatchNorm statistics under
+    its policy: the training batches (RECOMPUTE) or the fixed statistics and their source (FREEZE)."""
+
+    policy: BatchNormPolicy | None
+    batches: list[Tensor] = field(default_factory=list)
+    statistics: dict[str, Tensor] = field(default_factory=dict)
+    source: str | None = None
+
+    @classmethod
+    def configure(cls, model: nn.Module, policy: BatchNormPolicy | None, bn_batches: Iterable[Tensor] | None,
+                  bn_statistics: Mapping[str, Tensor] | None, bn_source: str | None) -> BatchNormSetup:
+        """Check the energy's ``bn_*`` arguments against ``policy`` (None: no BatchNorm statistics) and keep them."""
+        given = {"bn_batches": bn_batches, "bn_statistics": bn_statistics, "bn_source": bn_source}
+        allowed = {BatchNormPolicy.RECOMPUTE: {"bn_batches"},
+                   BatchNormPolicy.FREEZE: {"bn_statistics", "bn_source"}}.get(policy, set())
+        wrong = [k for k, v in given.items() if v is not None and k not in allowed]
+        if wrong:
+            raise ConfigError(f"{', '.join(wrong)} only apply(ies) to a model with BatchNorm statistics under the "
+                              f"{'recompute' if 'bn_batches' in wrong else 'freeze'} policy (this energy: "
+                              f"{'no BatchNorm layers' if policy is None else policy.value})")
+        if policy is BatchNormPolicy.RECOMPUTE:
+            batches = list(bn_batches) if bn_batches is not None else []
+            if not batches:
+                raise ConfigError("batchnorm='recompute' needs bn_batches: a few batches of training inputs to "
+                                  "recompute the statistics from at every point")
+            return cls(policy, batches=batches)
+        if policy is BatchNormPolicy.FREEZE:
+            names = statistic_names(model)
+            source = bn_statistics if bn_statistics is not None else dict(model.named_buffers())
+            missing = [n for n in names if n not in source]
+            if missing:
+                raise ConfigError(f"bn_statistics lacks {', '.join(missing)}: give every running_mean and "
+                                  "running_var of the model")
+            return cls(policy, statistics={n: source[n].detach().clone() for n in names},
+                       source=bn_source or ("given" if bn_statistics is not None else "template model"))
+        return cls(policy)
+
+    def describe(self, model: nn.Module) -> dict[str, Any] | None:
+        """The policy and its settings, for results files (``None`` without BatchNorm statistics)."""
+        if self.policy is None:
+            return None
+        out: dict[str, Any] = {"policy": self.policy.value, "layers": [n for n, _ in batchnorm_layers(model)]}
+        if self.policy is BatchNormPolicy.RECOMPUTE:
+            out.update(n_batches=len(self.batches), batch_sizes=sorted({len(b) for b in self.batches}),
+                       averaging="cumulative (momentum=None), train-mode forward")
+        elif self.policy is BatchNormPolicy.FREEZE:
+            out["source"] = self.source
+        else:
+            out["geometry"] = "path lengths and distances use parameters only (buffer: keys excluded)"
+        return out
+
+    def statistics_at(self, model: nn.Module, point: Mapping[str, Tensor], names: set[str]) -> dict[str, Tensor]:
+        """The statistics at ``point`` (keyed by buffer name; ``names``: the model's statistic names), on the
+        point's device and (floating) dtype."""
+        if self.policy is None:
+            return {}
+        params, buffers = split_point(point)
+        if self.policy is BatchNormPolicy.INTERPOLATE:
+            return {k: v for k, v in buffers.items() if k in names}
+        ref = next(iter(params.values()))
+        if self.policy is BatchNormPolicy.RECOMPUTE:
+            batches = [x.to(ref.device, ref.dtype) if x.is_floating_point() else x.to(ref.device)
+                       for x in self.batches]
+            return recompute_statistics(model, {**params, **buffers}, batches)
+        return {k: v.to(ref.device, ref.dtype) for k, v in self.statistics.items()}
+
+    def statistics_batched(self, model: nn.Module, chunk: Mapping[str, Tensor], names: set[str]) -> dict[str, Tensor]:
+        """:meth:`statistics_at` for a chunk of points (a leading point dimension on every value and result)."""
+        if self.policy in (None, BatchNormPolicy.INTERPOLATE):
+            return self.statistics_at(model, chunk, names)
+        n = next(iter(chunk.values())).shape[0]
+        if self.policy is BatchNormPolicy.FREEZE:
+            return {k: v.unsqueeze(0).expand(n, *v.shape) for k, v in self.statistics_at(model, chunk, names).items()}
+        per_point = [self.statistics_at(model, {k: v[i] for k, v in chunk.items()}, names) for i in range(n)]
+        return {k: torch.stack([s[k] for s in per_point]) for k in per_point[0]}

@@ -38,12 +38,12 @@ from torch.func import functional_call, vmap
 
 from .batchnorm import (
     BatchNormPolicy,
+    BatchNormSetup,
     as_policy,
     batch_statistics_mode,
     batchnorm_layers,
     fresh_statistics,
     plain_buffer_names,
-    recompute_statistics,
     split_point,
     statistic_names,
 )
@@ -175,7 +175,7 @@ class Energy:
         self.has_batchnorm = bool(batchnorm_layers(self.model))
         self._statistic_names = set(statistic_names(self.model))
         self.batchnorm = as_policy(batchnorm) if self.has_batchnorm else None
-        self._setup_batchnorm(bn_batches, bn_statistics, bn_source)
+        self._bn = BatchNormSetup.configure(self.model, self.batchnorm, bn_batches, bn_statistics, bn_source)
         self.inputs, self.targets = inputs, targets
         self.selection = selection
         self.chunk_size = chunk_size
@@ -194,35 +194,6 @@ class Energy:
         self._workspace = MatmulWorkspace()  # MATMUL's reused scratch buffers
         self.memo = SegmentMemo()
         """Energies already computed along recent segments (LOOP only; see :mod:`modeconnect.energy_memo`)."""
-
-    def _setup_batchnorm(self, bn_batches, bn_statistics, bn_source) -> None:
-        policy = self.batchnorm
-        given = {"bn_batches": bn_batches, "bn_statistics": bn_statistics, "bn_source": bn_source}
-        allowed = {BatchNormPolicy.RECOMPUTE: {"bn_batches"},
-                   BatchNormPolicy.FREEZE: {"bn_statistics", "bn_source"}}.get(policy, set())
-        wrong = [k for k, v in given.items() if v is not None and k not in allowed]
-        if wrong:
-            raise ConfigError(f"{', '.join(wrong)} only apply(ies) to a model with BatchNorm statistics under the "
-                              f"{'recompute' if 'bn_batches' in wrong else 'freeze'} policy (this energy: "
-                              f"{'no BatchNorm layers' if not self.has_batchnorm else policy.value})")
-        self.bn_batches: list[Tensor] = []
-        self.bn_statistics: dict[str, Tensor] = {}
-        self.bn_source = None
-        if policy is BatchNormPolicy.RECOMPUTE:
-            if not bn_batches:
-                raise ConfigError("batchnorm='recompute' needs bn_batches: a few batches of training inputs to "
-                                  "recompute the statistics from at every point")
-            self.bn_batches = list(bn_batches)
-        elif policy is BatchNormPolicy.FREEZE:
-            names = statistic_names(self.model)
-            own = dict(self.model.named_buffers())
-            source = bn_statistics if bn_statistics is not None else own
-            missing = [n for n in names if n not in source]
-            if missing:
-                raise ConfigError(f"bn_statistics lacks {', '.join(missing)}: give every running_mean and "
-                                  "running_var of the model")
-            self.bn_statistics = {n: source[n].detach().clone() for n in names}
-            self.bn_source = bn_source or ("given" if bn_statistics is not None else "template model")
 
     # -- description -------------------------------------------------------------------------
     @property
@@ -251,17 +222,7 @@ class Energy:
 
     def describe_batchnorm(self) -> dict[str, Any] | None:
         """The BatchNorm policy and its settings (``None`` for a model without running statistics)."""
-        if not self.has_batchnorm:
-            return None
-        out: dict[str, Any] = {"policy": self.batchnorm.value, "layers": [n for n, _ in batchnorm_layers(self.model)]}
-        if self.batchnorm is BatchNormPolicy.RECOMPUTE:
-            out.update(n_batches=len(self.bn_batches), batch_sizes=sorted({len(b) for b in self.bn_batches}),
-                       averaging="cumulative (momentum=None), train-mode forward")
-        elif self.batchnorm is BatchNormPolicy.FREEZE:
-            out["source"] = self.bn_source
-        else:
-            out["geometry"] = "path lengths and distances use parameters only (buffer: keys excluded)"
-        return out
+        return self._bn.describe(self.model)
 
     def point_of(self, module: nn.Module) -> dict[str, Tensor]:
         """A module's point as this energy expects it (its buffers, with BatchNorm statistics only under the
@@ -272,17 +233,7 @@ class Energy:
 
     def statistics_at(self, point: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The BatchNorm statistics used at ``point`` under this energy's policy, keyed by buffer name."""
-        if not self.has_batchnorm:
-            return {}
-        params, buffers = split_point(point)
-        if self.batchnorm is BatchNormPolicy.RECOMPUTE:
-            ref = next(iter(params.values()))
-            batches = [data_like(x, x, ref)[0] for x in self.bn_batches]
-            return recompute_statistics(self.model, {**params, **buffers}, batches)
-        if self.batchnorm is BatchNormPolicy.FREEZE:
-            ref = next(iter(params.values()))
-            return {k: v.to(ref.device, ref.dtype) for k, v in self.bn_statistics.items()}
-        return {k: v for k, v in buffers.items() if k in self._statistic_names}
+        return self._bn.statistics_at(self.model, point, self._statistic_names)
 
     def train_forward(self, point: Mapping[str, Tensor], inputs: Tensor) -> Tensor:
         """Model outputs for training: BatchNorm layers (if any) normalise with batch statistics.
@@ -382,16 +333,8 @@ class Energy:
 
     def _call_params_batched(self, chunk: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """:meth:`_call_params` for a chunk of points (leading point dimension), for ``vmap``."""
-        if not self.has_batchnorm or self.batchnorm is BatchNormPolicy.INTERPOLATE:
-            return self._call_params(chunk)
         params, buffers = split_point(chunk)
-        n = next(iter(params.values())).shape[0]
-        if self.batchnorm is BatchNormPolicy.FREEZE:
-            stats = {k: v.unsqueeze(0).expand(n, *v.shape) for k, v in self.statistics_at(chunk).items()}
-        else:
-            per_point = [self.statistics_at({k: v[i] for k, v in chunk.items()}) for i in range(n)]
-            stats = {k: torch.stack([s[k] for s in per_point]) for k in per_point[0]}
-        return {**params, **buffers, **stats}
+        return {**params, **buffers, **self._bn.statistics_batched(self.model, chunk, self._statistic_names)}
 
     def _one(self, point: Mapping[str, Tensor]) -> Tensor:
         batches, n = self._sample_batches(next(iter(point.values())))
