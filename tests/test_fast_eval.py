@@ -296,6 +296,39 @@ def test_threads_auto_is_measured_recorded_and_scoped():
             Energy(net, x, x, "mae", threads=bad)
 
 
+def test_modeconnect_threads_pins_auto_and_only_auto(monkeypatch):
+    """MODECONNECT_THREADS turns threads='auto' into that count (recorded, nothing measured); a fixed or unset
+    setting ignores it; a bad value is refused with the variable's name; the summary says how to pin."""
+    from modeconnect.cli import format_summary
+
+    net, previous = _mlps()["1441-sigmoid"], torch.get_num_threads()
+    x = torch.rand(16, 1)
+    monkeypatch.setenv("MODECONNECT_THREADS", "3")
+    pinned = Energy(net, x, x, "mae", strategy="loop", threads="auto")
+    assert pinned.threads == 3 and pinned.chosen_threads == 3 and pinned.describe()["threads"] == 3
+    with pinned.thread_scope():
+        assert torch.get_num_threads() == 3
+    assert torch.get_num_threads() == previous
+    assert Energy(net, x, x, "mae", threads=1).threads == 1 and Energy(net, x, x, "mae").threads is None
+    for bad in ("0", "two", "-1", "1.5"):
+        monkeypatch.setenv("MODECONNECT_THREADS", bad)
+        with pytest.raises(ConfigError, match="MODECONNECT_THREADS"):
+            Energy(net, x, x, "mae", threads="auto")
+    monkeypatch.delenv("MODECONNECT_THREADS")
+    measured = Energy(net, x, x, "mae", strategy="auto", threads="auto")
+    measured.along_segment(point_from_module(net), point_from_module(net), torch.linspace(0, 1, 4))
+    result = {"connected": True, "reason": "connected", "message": "ok", "n_beads": 0, "normalized_length": 1.0,
+              "path_length": 1.0, "distance": 1.0, "threshold": 0.1, "tolerance": 1.0, "endpoint_energies": [0.0, 0.0],
+              "wall_time_s": 1.0, "energy": measured.describe()}
+    line = [ln for ln in format_summary(result).splitlines() if ln.startswith("evaluation")]
+    n = measured.chosen_threads
+    assert line == [f"evaluation         strategy {measured.chosen_strategy.value} (measured), {n} torch "
+                    f"thread{'s' if n != 1 else ''} (measured; MODECONNECT_THREADS={n} pins it to repeat this run "
+                    "bit for bit)"]
+    assert not any(ln.startswith("evaluation") for ln in format_summary({**result, "energy": pinned.describe()})
+                   .splitlines())
+
+
 def test_sample_batches_are_built_once_per_device_and_dtype():
     net = _mlps()["1441-sigmoid"]
     x = torch.rand(10, 1)

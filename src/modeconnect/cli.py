@@ -251,9 +251,24 @@ def format_summary(result: dict[str, Any], where: str | None = None) -> str:
         f"wall time          {_fmt(result['wall_time_s'], '.1f')} s",
         f"time split         {time_split(result)}",
     ]
+    if (evaluation := _evaluation_line(energy)) is not None:
+        lines.append(evaluation)
     if where:
         lines.append(f"saved in           {where}")
     return "\n".join(lines)
+
+
+def _evaluation_line(energy: dict[str, Any]) -> str | None:
+    """How the energy was evaluated, when something was measured: the strategy and the torch threads, and how
+    to repeat the run bit for bit (results can differ in their last bits between thread counts)."""
+    parts = []
+    if energy.get("strategy") == "auto" and energy.get("chosen_strategy"):
+        parts.append(f"strategy {energy['chosen_strategy']} (measured)")
+    if energy.get("threads") == "auto" and energy.get("chosen_threads"):
+        n = energy["chosen_threads"]
+        parts.append(f"{n} torch thread{'s' if n != 1 else ''} (measured; MODECONNECT_THREADS={n} pins it "
+                     "to repeat this run bit for bit)")
+    return f"evaluation         {', '.join(parts)}" if parts else None
 
 
 _Progress = Reporter  # timestamped lines, live bars on a terminal (modeconnect.progress)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Any
@@ -102,6 +103,21 @@ def _added(parts) -> Tensor:
     return total
 
 
+THREADS_ENV = "MODECONNECT_THREADS"
+"""An environment variable that pins ``threads="auto"`` to a count (to repeat a run's measured choice)."""
+
+
+def _pinned(threads: int | str | None) -> int | str | None:
+    """``threads``, or the count in :data:`THREADS_ENV` when ``threads`` is ``"auto"`` and the variable is set."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if threads != "auto" or not value:
+        return threads
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{THREADS_ENV} must be a whole number of threads >= 1 (it pins threads='auto'), "
+                          f"got {value!r}; unset it to let the count be measured")
+    return int(value)
+
+
 class Energy:
     """A metric of a model on fixed evaluation data, as a function of the parameters.
 
@@ -127,7 +143,8 @@ class Energy:
         threads: torch threads for evaluating (and, through :meth:`thread_scope`, training): ``None`` keeps
             the process's setting; an int fixes it; ``"auto"`` times the first evaluation with 1, 2, 4, ...
             up to the process's setting and keeps the fastest (recorded as ``chosen_threads``; results can
-            differ in their last bits between thread counts).
+            differ in their last bits between thread counts), unless the environment variable
+            ``MODECONNECT_THREADS`` pins it to a count (then recorded as ``threads``).
     """
 
     def __init__(
@@ -152,7 +169,7 @@ class Energy:
         check_supported_module(model, batchnorm)
         self.metric = as_metric(metric)
         self.strategy = _as_strategy(strategy)
-        self.threads = _as_threads(threads)
+        self.threads = _pinned(_as_threads(threads))
         self.chosen_threads: int | None = self.threads if isinstance(self.threads, int) else None
         if chunk_size is not None and chunk_size < 1:
             raise ConfigError(f"chunk_size must be >= 1 or None, got {chunk_size}")
