@@ -41,7 +41,11 @@ slower (0.85 against 0.81 ms: ``tanh`` saves 14 us per 208,000 values, the foldi
 segment); sharing the activation buffers between layers (ping-pong) gained nothing; writing ``bmm``'s
 output straight into the rows of an augmented activation is 2.3x slower than a contiguous output;
 expressing each layer's pre-activation as ``lerp`` of the two ends' (exact, since it is affine in t)
-costs a broadcast ``lerp`` per layer as slow as the sigmoid. What remains is the kernels themselves:
+costs a broadcast ``lerp`` per layer as slow as the sigmoid. Augmented matrices ``[W | b]`` against
+activations with a row of ones (the bias inside the ``bmm``, no broadcast copy, the segment's ends
+stacked once, reused output buffers) were faster alone (0.91 against 1.37 ms, one process, best of
+1,000) but slower in this benchmark's interleaved order (6.3-6.9x the peer before, 4.8-6.0x with it,
+four alternating runs each), so the per-point ``baddbmm`` stays. What remains is the kernels themselves:
 per 52-point chunk two sigmoids of 208,000 values (66 us each), a ``bmm`` with inner dimension 5 (37
 us) and the first layer's ``mm`` with inner dimension 2 (24 us). Runners that follow a memory-heavy one
 in the interleaved order run cold: ``matmul`` after ``vmap`` is about 20% slower than the same code as

@@ -51,7 +51,7 @@ from .batchnorm import (
 from .energy_memo import SegmentMemo
 from .energy_probe import measure
 from .errors import ConfigError, NonFiniteEnergyError, UnsupportedModelError
-from .fast_eval import MATMUL_CACHE_BYTES, MatmulPlan, MatmulWorkspace, fast_copy
+from .fast_eval import MATMUL_CACHE_BYTES, MatmulPlan, fast_copy, lerp_points
 from .metrics import Metric, as_metric, metric_count, metric_sum
 from .params import check_compatible, check_supported_module, interpolate, interpolate_many, point_from_module
 
@@ -93,14 +93,6 @@ def _as_threads(value: int | str | None) -> int | str | None:
     if value is None or value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
         return value
     raise ConfigError(f"threads must be None (the process's setting), 'auto' (measured) or an int >= 1, got {value!r}")
-
-
-def _added(parts) -> Tensor:
-    """The sum of an iterable of tensors (without ``sum()``'s extra addition of a leading 0)."""
-    total = None
-    for part in parts:
-        total = part if total is None else total + part
-    return total
 
 
 THREADS_ENV = "MODECONNECT_THREADS"
@@ -208,7 +200,6 @@ class Energy:
                               f"without buffers, not this {type(model).__name__}; use 'loop', 'vmap' or 'auto'")
         self._batches: dict[tuple, tuple[list[tuple[Tensor, Tensor]], int]] = {}
         self._sizes: dict[tuple, int] = {}
-        self._workspace = MatmulWorkspace()  # MATMUL's reused scratch buffers
         self.memo = SegmentMemo()
         """Energies already computed along recent segments (LOOP only; see :mod:`modeconnect.energy_memo`)."""
 
@@ -288,9 +279,8 @@ class Energy:
         Interpolated points are built lazily: one at a time for LOOP, ``chunk_size`` at a time for VMAP.
         """
         ts = torch.as_tensor(ts, dtype=torch.float64).reshape(-1)
-        if self.chosen_strategy is Strategy.MATMUL:  # the ends' augmented matrices once, lerped per chunk: same bits
-            ends = self._plan.ends(a, b)
-            return self._evaluate(len(ts), lambda lo, hi: self._plan.between(ends, ts[lo:hi]),
+        if self.chosen_strategy is Strategy.MATMUL:  # plain float parameters: the lean interpolation, same bits
+            return self._evaluate(len(ts), lambda lo, hi: lerp_points(a, b, ts[lo:hi]),
                                   lambda i: interpolate(a, b, float(ts[i])))
         if self.chosen_strategy is not Strategy.LOOP:  # batched values may depend on the chunk: never memoised
             return self._evaluate(len(ts), lambda lo, hi: interpolate_many(a, b, ts[lo:hi]),
@@ -334,14 +324,6 @@ class Energy:
                                   metric_count(self.metric, y))
         return self._batches[key]
 
-    def _matmul_batches(self, ref: Tensor):
-        """:meth:`_sample_batches` with the inputs flattened and augmented for the MATMUL path (built once)."""
-        key = ("matmul", ref.device, ref.dtype)
-        if key not in self._batches:
-            batches, n = self._sample_batches(ref)
-            self._batches[key] = ([(self._plan.inputs(x), y) for x, y in batches], n)
-        return self._batches[key]
-
     def _call_params(self, point: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Parameters, the point's buffers and BatchNorm statistics (by name) for ``functional_call`` at one
         point. Every buffer comes from the point or the policy, none from the template model."""
@@ -360,12 +342,10 @@ class Energy:
         return self.metric.finalize(total / n)
 
     def _chunk(self, chunk: Mapping[str, Tensor], strategy: Strategy = Strategy.VMAP) -> Tensor:
-        if strategy is Strategy.MATMUL:  # a dict of points, or augmented matrices from along_segment
-            weights = chunk if isinstance(chunk, tuple) else self._plan.stack(chunk)
-            batches, n = self._matmul_batches(weights[0])
-            total = _added(self._plan.sums(self.metric, weights, x, y, self._workspace).double() for x, y in batches)
+        batches, n = self._sample_batches(next(iter(chunk.values())))
+        if strategy is Strategy.MATMUL:
+            total = sum(self._plan.sums(self.metric, chunk, x, y).double() for x, y in batches)
         else:
-            batches, n = self._sample_batches(next(iter(chunk.values())))
             params = self._call_params_batched(chunk)
             batched = vmap(self._point_sum, in_dims=(0, None, None))
             total = sum(batched(params, x, y).double() for x, y in batches)
@@ -380,7 +360,7 @@ class Energy:
             size = self.points_per_chunk
             if strategy is Strategy.MATMUL:
                 samples = min(self.sample_batch_size or self.n_samples, self.n_samples)
-                per_point = (self._plan.widest + 1) * samples * self.template[next(iter(self.template))].element_size()
+                per_point = self._plan.widest * samples * self.template[next(iter(self.template))].element_size()
                 size = max(1, min(size, int(self.memory_budget_mb * 2**20) // max(per_point, 1),
                                   MATMUL_CACHE_BYTES // max(per_point, 1)))
             self._sizes[key] = size
