@@ -52,6 +52,12 @@ PROGRESS_ENV_VAR = "MODECONNECT_PROGRESS"
 
 MODES = ("auto", "bars", "lines")
 
+HEARTBEAT_ENV_VAR = "MODECONNECT_HEARTBEAT_S"
+"""Seconds of silence after which plain-line output prints a heartbeat line for the running task (0: never)."""
+
+DEFAULT_HEARTBEAT_S = 30.0
+"""The heartbeat interval when ``$MODECONNECT_HEARTBEAT_S`` is not set."""
+
 _DRAWING: weakref.WeakSet[Reporter] = weakref.WeakSet()
 """Reporters with a live display up (see :func:`closing_bars`)."""
 
@@ -130,14 +136,32 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
+def heartbeat_setting(value: float | str | None = None) -> float:
+    """The heartbeat interval in seconds: ``value``, else ``$MODECONNECT_HEARTBEAT_S``, else
+    :data:`DEFAULT_HEARTBEAT_S`; 0 turns it off."""
+    where = "the heartbeat interval"
+    if value is None:
+        value, where = os.environ.get(HEARTBEAT_ENV_VAR) or DEFAULT_HEARTBEAT_S, f"${HEARTBEAT_ENV_VAR}"
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ConfigError(f"{where} must be a number of seconds >= 0 (0: no heartbeat), got {value!r}")
+    return seconds
+
+
 class Reporter:
     """The command line's progress: timestamped lines, and live bars on a terminal (see the module doc).
 
     ``mode``: ``auto``, ``bars`` or ``lines`` (default: ``$MODECONNECT_PROGRESS``, else ``auto``).
+    ``heartbeat_s``: on plain lines, a task that moves with no line printed for this long prints one
+    (default: ``$MODECONNECT_HEARTBEAT_S``, else 30 s; 0: never). ``clock``: seconds, for the stamps (tests).
     Close it (or use it as a context manager) before printing a summary, so no bar is left drawn.
     """
 
-    def __init__(self, quiet: bool = False, *, stream: TextIO | None = None, mode: str | None = None) -> None:
+    def __init__(self, quiet: bool = False, *, stream: TextIO | None = None, mode: str | None = None,
+                 heartbeat_s: float | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
         self.stream = stream if stream is not None else sys.stderr
         mode = mode if mode is not None else (os.environ.get(PROGRESS_ENV_VAR) or "auto")
         if mode not in MODES:
@@ -145,23 +169,28 @@ class Reporter:
                               f"{', '.join(MODES)}; unset it or pick one")
         self.quiet = quiet
         self.bars = not quiet and (mode == "bars" or (mode == "auto" and _is_terminal(self.stream)))
-        self.start = time.perf_counter()
+        self.heartbeat_s = heartbeat_setting(heartbeat_s)
+        self.clock = clock
+        self.start = self.last_line = clock()
         self._live: _Bars | None = None
 
     def stamp(self, message: str) -> str:
-        return f"[{time.perf_counter() - self.start:7.1f}s] {message}"
+        return f"[{self.clock() - self.start:7.1f}s] {message}"
 
     def __call__(self, message: str) -> None:
         if self.quiet:
             return
+        self.last_line = self.clock()
         if self._live is not None:
             self._live.print(self.stamp(message))
         else:
             print(self.stamp(message), file=self.stream, flush=True)
 
     def task(self, description: str, total: float | None = None) -> Task:
+        if self.quiet:
+            return Task(None)
         if not self.bars:
-            return Task(None if self.quiet else self)
+            return _LineTask(self, description, total) if self.heartbeat_s > 0 else Task(self)
         if self._live is None:
             self._live = _Bars(self.stream)
             _DRAWING.add(self)
@@ -194,6 +223,46 @@ def closing_bars() -> Iterator[None]:
     finally:
         for reporter in list(_DRAWING):
             reporter.close()
+
+
+class _LineTask(Task):
+    """A task on plain lines: ``say`` prints a line; counts print nothing, except a heartbeat line
+    (``endpoint A: 1200/20000, energy 0.031 (target 0.01)``) when the reporter has printed nothing for
+    ``heartbeat_s`` since the later of its last line and this task's start. Checked when the task moves
+    (no thread): a phase that stops updating prints no heartbeat."""
+
+    def __init__(self, reporter: Reporter, description: str, total: float | None) -> None:
+        super().__init__(reporter)
+        self._reporter, self._description, self._total = reporter, description, total
+        self._completed: float | None = None
+        self._info = ""
+        self._opened = reporter.clock()
+
+    def update(self, completed: float | None = None, *, total: float | None = None, info: str | None = None) -> None:
+        if completed is not None:
+            self._completed = completed
+        if total is not None:
+            self._total = total
+        if info is not None:
+            self._info = info
+        self._beat()
+
+    def advance(self, amount: float = 1, *, info: str | None = None) -> None:
+        self.update((self._completed or 0) + amount, info=info)
+
+    def _beat(self) -> None:
+        reporter = self._reporter
+        if reporter.clock() - max(reporter.last_line, self._opened) >= reporter.heartbeat_s:
+            reporter(self.heartbeat_line())
+
+    def heartbeat_line(self) -> str:
+        """What the heartbeat says: the task, where it is out of its total, and its text."""
+        parts = [self._description]
+        if self._completed is not None:
+            parts[0] += f": {self._completed:g}" + ("" if self._total is None else f"/{self._total:g}")
+        if self._info:
+            parts.append(self._info)
+        return ", ".join(parts)
 
 
 class _BarTask(Task):
