@@ -17,11 +17,14 @@ Only :class:`Reporter`, which the command line creates, knows about terminals an
   (they are frequent status updates); a bar disappears when its task ends, so what stays on the screen
   is the lines and the command's summary;
 * otherwise (a file, a pipe, CI) it prints the timestamped lines, ``[   12.3s] message``, and nothing
-  else: no escape codes;
+  else: no escape codes; except that a task that moves after ``$MODECONNECT_HEARTBEAT_S`` seconds (default
+  30, 0: never) without a line prints a *heartbeat* line of where it is (``endpoint A: 1200/20000, energy
+  0.031 (target 0.01)``), checked on the task's updates (no thread);
 * quiet, it prints nothing (errors and the command's summary are not progress and still print).
 
 ``MODECONNECT_PROGRESS=lines`` (or ``bars``) overrides the terminal test; the default is ``auto``.
-The bars are drawn by `rich <https://rich.readthedocs.io>`_, imported only when a bar is drawn.
+The bars are drawn by `rich <https://rich.readthedocs.io>`_, imported only when a bar is drawn. Units run in
+a local process pool show their bars in the parent through :mod:`modeconnect.worker_progress`.
 Reporting never changes a result: tasks only read the numbers they are given.
 
 >>> lines = []
