@@ -561,12 +561,41 @@ def test_the_parent_shows_one_bar_per_worker():
     assert all(t["closed"] for t in recorder.tasks)
 
 
-def test_pool_workers_progress_reaches_the_parent_and_changes_nothing(tmp_path):
+SWEEP = ["sweep", "--task", "quadratic", "--levels", "0.05", "--out", "x"]
+
+
+@pytest.fixture(scope="module")
+def plain_sweep(tmp_path_factory):
+    """A 2-pair sweep run here with a plain progress callable: its config and table."""
+    config = SweepConfig(base=_config(SWEEP, threshold=None), levels=(0.05,), pairs=2)
+    return config, run_sweep(config, str(tmp_path_factory.mktemp("sweep") / "plain"), progress=[].append)
+
+
+def test_a_sweep_run_here_off_a_terminal_prints_its_units_heartbeat_but_not_their_lines(plain_sweep, tmp_path):
+    config, reference = plain_sweep
+
+    class Ticking:  # a clock that moves one second each time it is read
+        now = 0.0
+
+        def __call__(self):
+            self.now += 1.0
+            return self.now
+
+    stream = io.StringIO()
+    say = Reporter(stream=stream, mode="lines", heartbeat_s=60, clock=Ticking())
+    table = run_sweep(config, str(tmp_path / "sweep"), progress=say)
+    assert _numbers(table["rows"]) == _numbers(reference["rows"])
+    events = [line.split("] ", 1)[1] for line in stream.getvalue().splitlines()]
+    beats = [e for e in events if re.fullmatch(r"(endpoint [AB]|bead \d+): \d+/\d+, energy \S+ \(target \S+\)", e)]
+    assert beats  # a unit's phases beat after a silence ...
+    assert not any("training endpoint" in e or e.startswith("certifying") for e in events)  # ... but say nothing else
+    assert sum("pair" in e and "done" in e for e in events) == 2
+
+
+def test_pool_workers_progress_reaches_the_parent_and_changes_nothing(plain_sweep, tmp_path):
     from modeconnect.experiments.executors import make_executor
 
-    base = _config(["sweep", "--task", "quadratic", "--levels", "0.05", "--out", "x"], threshold=None)
-    config = SweepConfig(base=base, levels=(0.05,), pairs=2)
-    reference = run_sweep(config, str(tmp_path / "here"), progress=[].append)
+    config, reference = plain_sweep
     recorder = Recorder()
     recorder.bars = True
     with make_executor("local", 2, threads=1) as executor:

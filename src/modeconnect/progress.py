@@ -121,15 +121,48 @@ def bars_only(progress: Progress | None) -> Progress | None:
     return None
 
 
+def for_units(progress: Progress | None) -> Progress | None:
+    """What a unit of a sweep run in this process gets: :func:`bars_only` where ``progress`` draws bars; off a
+    terminal, a :class:`Reporter`'s heartbeat alone (a unit's tasks print no line but the heartbeat after a
+    long silence, so a long unit does not look hung); None otherwise."""
+    bars = bars_only(progress)
+    if bars is not None:
+        return bars
+    if isinstance(progress, Reporter) and not progress.quiet and progress.heartbeat_s > 0:
+        return _TasksOnly(progress, status_lines=False)
+    return None
+
+
 class _TasksOnly:
-    def __init__(self, progress: Any) -> None:
-        self._progress = progress
+    def __init__(self, progress: Any, status_lines: bool = True) -> None:
+        self._progress, self._status_lines = progress, status_lines
 
     def __call__(self, message: str) -> None:
         pass
 
     def task(self, description: str, total: float | None = None) -> Task:
-        return self._progress.task(description, total)
+        task = self._progress.task(description, total)
+        return task if self._status_lines else _Unsaid(task)
+
+
+class _Unsaid(Task):
+    """A task whose ``say`` lines are dropped (its counts, and so its heartbeat, go on)."""
+
+    def __init__(self, task: Task) -> None:
+        super().__init__(None)
+        self._task = task
+
+    def update(self, completed: float | None = None, *, total: float | None = None, info: str | None = None) -> None:
+        self._task.update(completed, total=total, info=info)
+
+    def advance(self, amount: float = 1, *, info: str | None = None) -> None:
+        self._task.advance(amount, info=info)
+
+    def say(self, message: str) -> None:
+        pass
+
+    def close(self) -> None:
+        self._task.close()
 
 
 def _is_terminal(stream: TextIO) -> bool:

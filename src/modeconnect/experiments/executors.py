@@ -39,7 +39,7 @@ import torch
 
 from .. import worker_progress
 from ..errors import ConfigError
-from ..progress import Progress, bars_only
+from ..progress import Progress, bars_only, for_units
 from ..worker_progress import WorkerBars, WorkerProgress
 
 __all__ = ["ExecutorKind", "Executor", "make_executor", "available_cpus", "idle_cpus", "threads_per_worker"]
@@ -179,7 +179,7 @@ class InProcessExecutor(Executor):
         return f"in-process ({self.threads} thread{'s' if self.threads != 1 else ''})"
 
     def unit_progress(self, progress: Progress | None) -> tuple:
-        return (bars_only(progress),)  # each unit's bars, here, without its lines
+        return (for_units(progress),)  # each unit's bars (or heartbeat), here, without its lines
 
 
 class ProcessPoolExecutor(Executor):
