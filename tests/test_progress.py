@@ -93,7 +93,7 @@ def _numbers(result: dict) -> dict:
 
 def _config(argv: list[str], **overrides):
     """The run config the CLI builds from ``argv``."""
-    return run_config_from(cli.build_parser().parse_args(argv), **overrides)
+    return run_config_from(cli.build_parser(cli.method_from_argv(argv)).parse_args(argv), **overrides)
 
 
 def _run_here(argv: list[str]) -> tuple[int, str, str]:
@@ -337,3 +337,273 @@ def test_noise_stability_counts_its_work():
     (bar,) = recorder.tasks
     pairs = len(measured.interlayer_cushion)  # one power iteration per (i, j) and batch, then the smoothness
     assert bar["total"] == 3 * (pairs + 1) and bar["updates"][-1][0] == bar["total"] and bar["closed"]
+
+
+# -- NEB and string evolution ---------------------------------------------------------------------------------
+NEB = CONNECT + ["--method", "neb", "--steps-per-cycle", "60", "--max-cycles", "3"]
+EVOLUTION = CONNECT + ["--method", "string_evolution"]
+
+
+class SpyReporter(Reporter):
+    """A reporter that also records the tasks it is asked to open."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.opened: list[str] = []
+
+    def task(self, description, total=None):
+        self.opened.append(description)
+        return super().task(description, total)
+
+
+def test_neb_counts_its_cycles_and_each_cycles_steps_and_a_forced_bar_reporter_draws_them(tmp_path):
+    recorder, plain = Recorder(), []
+    result = run_connect(_config(NEB), str(tmp_path / "recorded"), progress=recorder)
+    reference = run_connect(_config(NEB), str(tmp_path / "plain"), progress=plain.append)
+    assert recorder.lines == plain and _numbers(result) == _numbers(reference)
+    (outer,) = recorder.named("neb: AutoNEB cycles")
+    assert outer["total"] == 3 and outer["closed"]
+    assert [u[0] for u in outer["updates"]] == list(range(result["cycles"] + 1))  # from 0, one per cycle
+    target = _config(NEB).resolve().method_config.tolerance * result["threshold"]
+    assert [u[1] for u in outer["updates"][1:]] == [f"max barrier {b:.4g} (target {target:.4g})"
+                                                   for b in result["cycle_max_barrier"]]
+    inner = recorder.named("cycle ")
+    assert [t["description"] for t in inner] == [f"cycle {e['cycle']}: NEB steps on {e['images']} image(s)"
+                                                 for e in result["cycle_log"]]
+    assert all(t["total"] == 60 and t["closed"] for t in inner)
+    assert [u[0] for u in inner[0]["updates"]] == list(range(10, 61, 10))  # every BAR_EVERY steps, to the last
+    loss = result["cycle_log"][0]["max_image_loss"]
+    assert inner[0]["updates"][-1][1] == f"highest image loss {loss:.4g} (minibatch)"
+
+    stream = io.StringIO()
+    with SpyReporter(stream=stream, mode="bars") as bars:
+        drawn = run_connect(_config(NEB), str(tmp_path / "bars"), progress=bars)
+    assert _numbers(drawn) == _numbers(reference)
+    assert "neb: AutoNEB cycles" in bars.opened and any(d.startswith("cycle 0: NEB steps on") for d in bars.opened)
+    assert BAR in stream.getvalue() and "\x1b[" in stream.getvalue()
+
+
+def test_neb_off_a_terminal_prints_the_same_lines_and_nothing_with_quiet(tmp_path):
+    plain: list[str] = []
+    run_connect(_config(NEB), str(tmp_path / "plain"), progress=plain.append)
+    stream = io.StringIO()
+    run_connect(_config(NEB), str(tmp_path / "lines"), progress=Reporter(stream=stream, mode="lines"))
+    lines = stream.getvalue().splitlines()
+    assert all(STAMP.match(line) for line in lines) and "\x1b" not in stream.getvalue()
+    assert [line.split("] ", 1)[1] for line in lines] == plain  # no heartbeat: nothing was silent for 30 s
+    quiet = FakeTerminal()
+    run_connect(_config(NEB), str(tmp_path / "quiet"), progress=Reporter(quiet=True, stream=quiet, mode="bars"))
+    assert quiet.getvalue() == ""
+
+
+def test_string_evolution_counts_its_rounds_and_each_rounds_batched_training(tmp_path):
+    recorder = Recorder()
+    result = run_connect(_config(EVOLUTION), str(tmp_path / "run"), progress=recorder)
+    resolved = _config(EVOLUTION).resolve()
+    (outer,) = recorder.named("string evolution: rounds")
+    assert outer["total"] == resolved.method_config.max_rounds and outer["closed"]
+    rounds = [u[0] for u in outer["updates"]]
+    assert rounds == list(range(len(rounds)))  # from 0, one update per round
+    assert f"(target {resolved.method_config.tolerance * result['threshold']:.4g})" in outer["updates"][-1][1]
+    inner = recorder.named("round ")
+    assert inner and all(t["closed"] and t["total"] == resolved.method_config.bead_training.max_steps for t in inner)
+    for task in inner:
+        steps = [u[0] for u in task["updates"]]
+        assert steps[0] == 0 and steps == sorted(steps)
+        assert re.fullmatch(r"highest bead energy \S+ \(target \S+\)", task["updates"][-1][1])
+    assert not any(line.startswith("task: ") for line in recorder.lines)  # no line turned into a status
+
+
+# -- the heartbeat --------------------------------------------------------------------------------------------
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_silent_task_prints_a_heartbeat_after_the_interval_and_not_before():
+    clock, stream = FakeClock(), io.StringIO()
+    say = Reporter(stream=stream, mode="lines", heartbeat_s=30, clock=clock)
+    say("training endpoint A")
+    with open_task(say, "endpoint A", total=5000) as task:
+        clock.now += 29.9
+        task.update(1100, info="energy 0.04 (target 0.01)")
+        assert len(stream.getvalue().splitlines()) == 1  # not yet
+        clock.now += 0.2
+        task.update(1200, info="energy 0.031 (target 0.01)")
+        lines = stream.getvalue().splitlines()
+        assert lines[-1] == "[   30.1s] endpoint A: 1200/5000, energy 0.031 (target 0.01)"
+        clock.now += 20
+        task.advance(100)
+        assert len(stream.getvalue().splitlines()) == 2  # the heartbeat was a line: 30 s again from it
+        clock.now += 10
+        task.advance(100)
+        assert stream.getvalue().splitlines()[-1] == "[   60.1s] endpoint A: 1400/5000, energy 0.031 (target 0.01)"
+        clock.now += 25
+        say("a line")  # any line restarts the silence
+        clock.now += 25
+        task.update(1500)
+        assert stream.getvalue().splitlines()[-1].endswith("] a line")
+    with open_task(say, "uncounted") as task:  # no total, no text
+        clock.now += 31
+        task.update(7)
+    assert stream.getvalue().splitlines()[-1] == "[  141.1s] uncounted: 7"
+
+
+def test_the_heartbeat_setting_and_where_there_is_none(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setenv("MODECONNECT_HEARTBEAT_S", "5")
+    assert Reporter(stream=io.StringIO()).heartbeat_s == 5.0
+    monkeypatch.setenv("MODECONNECT_HEARTBEAT_S", "0")
+    assert Reporter(stream=io.StringIO()).heartbeat_s == 0.0
+    monkeypatch.delenv("MODECONNECT_HEARTBEAT_S")
+    assert Reporter(stream=io.StringIO()).heartbeat_s == 30.0
+    for bad in ("soon", "-1", "inf"):
+        monkeypatch.setenv("MODECONNECT_HEARTBEAT_S", bad)
+        with pytest.raises(ConfigError, match="MODECONNECT_HEARTBEAT_S must be a number of seconds >= 0"):
+            Reporter(stream=io.StringIO())
+    monkeypatch.delenv("MODECONNECT_HEARTBEAT_S")
+    for kwargs in ({"heartbeat_s": 0}, {"quiet": True}, {"mode": "bars"}):  # off, quiet, bars: no heartbeat line
+        stream = FakeTerminal() if kwargs.get("mode") == "bars" else io.StringIO()
+        say = Reporter(stream=stream, clock=clock, **{"mode": "lines", **kwargs})
+        with open_task(say, "endpoint A", total=10) as task:
+            clock.now += 1000
+            task.update(5, info="energy 1")
+        say.close()
+        assert "endpoint A: 5/10" not in ANSI.sub("", stream.getvalue()), kwargs
+
+
+# -- pool workers' progress -----------------------------------------------------------------------------------
+class FakeQueue:
+    def __init__(self, size: int | None = None) -> None:
+        self.items: list[tuple] = []
+        self.size = size
+
+    def put_nowait(self, item) -> None:
+        import queue
+
+        if self.size is not None and len(self.items) >= self.size:
+            raise queue.Full
+        self.items.append(item)
+
+
+@pytest.fixture
+def worker_queue(monkeypatch):
+    from modeconnect import worker_progress
+
+    sent = FakeQueue()
+    monkeypatch.setattr(worker_progress, "_queue", sent)
+    return sent
+
+
+def test_a_worker_sends_throttled_snapshots_of_its_innermost_task(worker_queue, monkeypatch):
+    import pickle
+
+    from modeconnect.worker_progress import OPEN_GAP_S, SEND_EVERY_S, WorkerProgress
+
+    clock = FakeClock()
+    progress = pickle.loads(pickle.dumps(WorkerProgress()))  # as a unit in a worker gets it
+    progress.clock = clock
+    pid = os.getpid()
+    progress("a line")  # lines stay in the worker
+    outer = open_task(progress, "endpoint A", total=100)
+    assert worker_queue.items == [(pid, "endpoint A", None, 100, "")]
+    for step in range(1, 11):  # ten updates in 0.1 s: none sent
+        clock.now += 0.01
+        outer.update(step, info=f"energy {step}")
+    assert len(worker_queue.items) == 1
+    clock.now += SEND_EVERY_S + 1e-6
+    outer.update(20, info="energy 20")
+    assert worker_queue.items[-1] == (pid, "endpoint A", 20, 100, "energy 20")
+    clock.now += OPEN_GAP_S + 1e-6
+    inner = open_task(progress, "bead 1", total=50)  # a new phase goes after the shorter gap
+    assert worker_queue.items[-1] == (pid, "bead 1", None, 50, "")
+    inner.close()  # too soon after: not sent, the next snapshot says it
+    assert worker_queue.items[-1][1] == "bead 1"
+    clock.now += SEND_EVERY_S + 1e-6
+    outer.update(30)
+    assert worker_queue.items[-1] == (pid, "endpoint A", 30, 100, "energy 20")
+    outer.close()  # the last task: always sent
+    assert worker_queue.items[-1] == (pid, None, None, None, "")
+
+
+def test_a_full_or_missing_queue_drops_snapshots_without_waiting(monkeypatch):
+    from modeconnect import worker_progress
+    from modeconnect.worker_progress import WorkerProgress
+
+    full = FakeQueue(size=1)
+    monkeypatch.setattr(worker_progress, "_queue", full)
+    for _ in range(3):
+        with open_task(WorkerProgress(), "endpoint A", total=10) as task:
+            task.update(1)
+    assert len(full.items) == 1
+    monkeypatch.setattr(worker_progress, "_queue", None)  # a unit run outside a pool: nothing to send to
+    with open_task(WorkerProgress(), "endpoint A", total=10) as task:
+        task.update(1)
+
+
+def test_the_parent_shows_one_bar_per_worker():
+    from modeconnect.worker_progress import WorkerBars
+
+    recorder = Recorder()
+    bars = WorkerBars(recorder)
+    bars.receive((11, "endpoint A", None, 100, ""))
+    bars.receive((22, "endpoint A", 5, 100, "energy 1"))
+    bars.receive((11, "endpoint A", 40, 100, "energy 0.5"))
+    bars.receive((11, "bead 1", 3, 50, "energy 2"))  # a new phase: the worker's old bar goes, a new one comes
+    bars.receive((22, None, None, None, ""))  # worker 2 finished its unit
+    assert [(t["description"], t["closed"]) for t in recorder.tasks] == [
+        ("worker 1: endpoint A", True), ("worker 2: endpoint A", True), ("worker 1: bead 1", False)]
+    assert recorder.tasks[0]["updates"] == [(None, None), (40, "energy 0.5")]
+    bars.close()
+    assert all(t["closed"] for t in recorder.tasks)
+
+
+SWEEP = ["sweep", "--task", "quadratic", "--levels", "0.05", "--out", "x"]
+
+
+@pytest.fixture(scope="module")
+def plain_sweep(tmp_path_factory):
+    """A 2-pair sweep run here with a plain progress callable: its config and table."""
+    config = SweepConfig(base=_config(SWEEP, threshold=None), levels=(0.05,), pairs=2)
+    return config, run_sweep(config, str(tmp_path_factory.mktemp("sweep") / "plain"), progress=[].append)
+
+
+def test_a_sweep_run_here_off_a_terminal_prints_its_units_heartbeat_but_not_their_lines(plain_sweep, tmp_path):
+    config, reference = plain_sweep
+
+    class Ticking:  # a clock that moves one second each time it is read
+        now = 0.0
+
+        def __call__(self):
+            self.now += 1.0
+            return self.now
+
+    stream = io.StringIO()
+    say = Reporter(stream=stream, mode="lines", heartbeat_s=60, clock=Ticking())
+    table = run_sweep(config, str(tmp_path / "sweep"), progress=say)
+    assert _numbers(table["rows"]) == _numbers(reference["rows"])
+    events = [line.split("] ", 1)[1] for line in stream.getvalue().splitlines()]
+    beats = [e for e in events if re.fullmatch(r"(endpoint [AB]|bead \d+): \d+/\d+, energy \S+ \(target \S+\)", e)]
+    assert beats  # a unit's phases beat after a silence ...
+    assert not any("training endpoint" in e or e.startswith("certifying") for e in events)  # ... but say nothing else
+    assert sum("pair" in e and "done" in e for e in events) == 2
+
+
+def test_pool_workers_progress_reaches_the_parent_and_changes_nothing(plain_sweep, tmp_path):
+    from modeconnect.experiments.executors import make_executor
+
+    config, reference = plain_sweep
+    recorder = Recorder()
+    recorder.bars = True
+    with make_executor("local", 2, threads=1) as executor:
+        table = run_sweep(config, str(tmp_path / "pool"), executor=executor, progress=recorder)
+    assert _numbers(table["rows"]) == _numbers(reference["rows"])
+    workers = recorder.named("worker ")
+    assert all(re.fullmatch(r"worker [12]: .+", t["description"]) and t["closed"] for t in workers)
+    # each unit's first phase is always sent: one endpoint A bar per pair
+    assert sum(t["description"].endswith(": endpoint A") for t in workers) == 2
+    (units,) = recorder.named("sweep")
+    assert [u[0] for u in units["updates"]] == [1, 2]

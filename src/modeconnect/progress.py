@@ -17,11 +17,14 @@ Only :class:`Reporter`, which the command line creates, knows about terminals an
   (they are frequent status updates); a bar disappears when its task ends, so what stays on the screen
   is the lines and the command's summary;
 * otherwise (a file, a pipe, CI) it prints the timestamped lines, ``[   12.3s] message``, and nothing
-  else: no escape codes;
+  else: no escape codes; except that a task that moves after ``$MODECONNECT_HEARTBEAT_S`` seconds (default
+  30, 0: never) without a line prints a *heartbeat* line of where it is (``endpoint A: 1200/20000, energy
+  0.031 (target 0.01)``), checked on the task's updates (no thread);
 * quiet, it prints nothing (errors and the command's summary are not progress and still print).
 
 ``MODECONNECT_PROGRESS=lines`` (or ``bars``) overrides the terminal test; the default is ``auto``.
-The bars are drawn by `rich <https://rich.readthedocs.io>`_, imported only when a bar is drawn.
+The bars are drawn by `rich <https://rich.readthedocs.io>`_, imported only when a bar is drawn. Units run in
+a local process pool show their bars in the parent through :mod:`modeconnect.worker_progress`.
 Reporting never changes a result: tasks only read the numbers they are given.
 
 >>> lines = []
@@ -51,6 +54,12 @@ PROGRESS_ENV_VAR = "MODECONNECT_PROGRESS"
 """``auto`` (bars on a terminal, lines otherwise), ``bars`` or ``lines``."""
 
 MODES = ("auto", "bars", "lines")
+
+HEARTBEAT_ENV_VAR = "MODECONNECT_HEARTBEAT_S"
+"""Seconds of silence after which plain-line output prints a heartbeat line for the running task (0: never)."""
+
+DEFAULT_HEARTBEAT_S = 30.0
+"""The heartbeat interval when ``$MODECONNECT_HEARTBEAT_S`` is not set."""
 
 _DRAWING: weakref.WeakSet[Reporter] = weakref.WeakSet()
 """Reporters with a live display up (see :func:`closing_bars`)."""
@@ -112,15 +121,48 @@ def bars_only(progress: Progress | None) -> Progress | None:
     return None
 
 
+def for_units(progress: Progress | None) -> Progress | None:
+    """What a unit of a sweep run in this process gets: :func:`bars_only` where ``progress`` draws bars; off a
+    terminal, a :class:`Reporter`'s heartbeat alone (a unit's tasks print no line but the heartbeat after a
+    long silence, so a long unit does not look hung); None otherwise."""
+    bars = bars_only(progress)
+    if bars is not None:
+        return bars
+    if isinstance(progress, Reporter) and not progress.quiet and progress.heartbeat_s > 0:
+        return _TasksOnly(progress, status_lines=False)
+    return None
+
+
 class _TasksOnly:
-    def __init__(self, progress: Any) -> None:
-        self._progress = progress
+    def __init__(self, progress: Any, status_lines: bool = True) -> None:
+        self._progress, self._status_lines = progress, status_lines
 
     def __call__(self, message: str) -> None:
         pass
 
     def task(self, description: str, total: float | None = None) -> Task:
-        return self._progress.task(description, total)
+        task = self._progress.task(description, total)
+        return task if self._status_lines else _Unsaid(task)
+
+
+class _Unsaid(Task):
+    """A task whose ``say`` lines are dropped (its counts, and so its heartbeat, go on)."""
+
+    def __init__(self, task: Task) -> None:
+        super().__init__(None)
+        self._task = task
+
+    def update(self, completed: float | None = None, *, total: float | None = None, info: str | None = None) -> None:
+        self._task.update(completed, total=total, info=info)
+
+    def advance(self, amount: float = 1, *, info: str | None = None) -> None:
+        self._task.advance(amount, info=info)
+
+    def say(self, message: str) -> None:
+        pass
+
+    def close(self) -> None:
+        self._task.close()
 
 
 def _is_terminal(stream: TextIO) -> bool:
@@ -130,14 +172,32 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
+def heartbeat_setting(value: float | str | None = None) -> float:
+    """The heartbeat interval in seconds: ``value``, else ``$MODECONNECT_HEARTBEAT_S``, else
+    :data:`DEFAULT_HEARTBEAT_S`; 0 turns it off."""
+    where = "the heartbeat interval"
+    if value is None:
+        value, where = os.environ.get(HEARTBEAT_ENV_VAR) or DEFAULT_HEARTBEAT_S, f"${HEARTBEAT_ENV_VAR}"
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ConfigError(f"{where} must be a number of seconds >= 0 (0: no heartbeat), got {value!r}")
+    return seconds
+
+
 class Reporter:
     """The command line's progress: timestamped lines, and live bars on a terminal (see the module doc).
 
     ``mode``: ``auto``, ``bars`` or ``lines`` (default: ``$MODECONNECT_PROGRESS``, else ``auto``).
+    ``heartbeat_s``: on plain lines, a task that moves with no line printed for this long prints one
+    (default: ``$MODECONNECT_HEARTBEAT_S``, else 30 s; 0: never). ``clock``: seconds, for the stamps (tests).
     Close it (or use it as a context manager) before printing a summary, so no bar is left drawn.
     """
 
-    def __init__(self, quiet: bool = False, *, stream: TextIO | None = None, mode: str | None = None) -> None:
+    def __init__(self, quiet: bool = False, *, stream: TextIO | None = None, mode: str | None = None,
+                 heartbeat_s: float | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
         self.stream = stream if stream is not None else sys.stderr
         mode = mode if mode is not None else (os.environ.get(PROGRESS_ENV_VAR) or "auto")
         if mode not in MODES:
@@ -145,23 +205,28 @@ class Reporter:
                               f"{', '.join(MODES)}; unset it or pick one")
         self.quiet = quiet
         self.bars = not quiet and (mode == "bars" or (mode == "auto" and _is_terminal(self.stream)))
-        self.start = time.perf_counter()
+        self.heartbeat_s = heartbeat_setting(heartbeat_s)
+        self.clock = clock
+        self.start = self.last_line = clock()
         self._live: _Bars | None = None
 
     def stamp(self, message: str) -> str:
-        return f"[{time.perf_counter() - self.start:7.1f}s] {message}"
+        return f"[{self.clock() - self.start:7.1f}s] {message}"
 
     def __call__(self, message: str) -> None:
         if self.quiet:
             return
+        self.last_line = self.clock()
         if self._live is not None:
             self._live.print(self.stamp(message))
         else:
             print(self.stamp(message), file=self.stream, flush=True)
 
     def task(self, description: str, total: float | None = None) -> Task:
+        if self.quiet:
+            return Task(None)
         if not self.bars:
-            return Task(None if self.quiet else self)
+            return _LineTask(self, description, total) if self.heartbeat_s > 0 else Task(self)
         if self._live is None:
             self._live = _Bars(self.stream)
             _DRAWING.add(self)
@@ -194,6 +259,46 @@ def closing_bars() -> Iterator[None]:
     finally:
         for reporter in list(_DRAWING):
             reporter.close()
+
+
+class _LineTask(Task):
+    """A task on plain lines: ``say`` prints a line; counts print nothing, except a heartbeat line
+    (``endpoint A: 1200/20000, energy 0.031 (target 0.01)``) when the reporter has printed nothing for
+    ``heartbeat_s`` since the later of its last line and this task's start. Checked when the task moves
+    (no thread): a phase that stops updating prints no heartbeat."""
+
+    def __init__(self, reporter: Reporter, description: str, total: float | None) -> None:
+        super().__init__(reporter)
+        self._reporter, self._description, self._total = reporter, description, total
+        self._completed: float | None = None
+        self._info = ""
+        self._opened = reporter.clock()
+
+    def update(self, completed: float | None = None, *, total: float | None = None, info: str | None = None) -> None:
+        if completed is not None:
+            self._completed = completed
+        if total is not None:
+            self._total = total
+        if info is not None:
+            self._info = info
+        self._beat()
+
+    def advance(self, amount: float = 1, *, info: str | None = None) -> None:
+        self.update((self._completed or 0) + amount, info=info)
+
+    def _beat(self) -> None:
+        reporter = self._reporter
+        if reporter.clock() - max(reporter.last_line, self._opened) >= reporter.heartbeat_s:
+            reporter(self.heartbeat_line())
+
+    def heartbeat_line(self) -> str:
+        """What the heartbeat says: the task, where it is out of its total, and its text."""
+        parts = [self._description]
+        if self._completed is not None:
+            parts[0] += f": {self._completed:g}" + ("" if self._total is None else f"/{self._total:g}")
+        if self._info:
+            parts.append(self._info)
+        return ", ".join(parts)
 
 
 class _BarTask(Task):

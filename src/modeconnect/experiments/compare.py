@@ -34,10 +34,10 @@ from ..errors import ConfigError, StoreError
 from ..methods import METHODS
 from ..params import distance
 from ..path import Path
-from ..progress import bars_only, open_task
+from ..progress import open_task
 from ..seeding import derive_seed
 from .connect_run import ConnectRunConfig, EndpointTrainingError, run_connect
-from .executors import Executor, InProcessExecutor, make_executor
+from .executors import Executor, make_executor
 from .store import RUNS_DIR, TABLE_CSV, TABLE_JSON, SweepDirectory
 from .sweep import finished_unit, mean_stderr, result_row, tidy_csv
 
@@ -306,7 +306,7 @@ def _run_locked(config: CompareConfig, directory: CompareDirectory, out: str, ex
         say(f"comparing {len(config.methods)} method(s) on {config.pairs} pair(s) of {config.base.task}; "
             f"running {todo} on {executor.describe()}")
     bar = open_task(say, "compare: runs", total=todo)
-    inner = (bars_only(say),) if isinstance(executor, InProcessExecutor) else ()  # each run's bars, here
+    inner = executor.unit_progress(say)  # each run's bars (here, or from pool workers)
     try:
         for phase, work in enumerate(phases):
             if phase == 1:

@@ -47,11 +47,11 @@ from typing import Any
 from .._io import read_json, read_tensors, write_json, write_tensors
 from ..errors import ConfigError, StoreError
 from ..params import Point, check_compatible
-from ..progress import bars_only, open_task
+from ..progress import open_task
 from ..seeding import derive_seed
 from .connect_run import ConnectRunConfig, EndpointTrainingError, run_connect, thread_limit
 from .endpoint_store import ENDPOINT_FILE, ENDPOINT_JSON, single_endpoint
-from .executors import Executor, InProcessExecutor, make_executor
+from .executors import Executor, make_executor
 from .store import FAILED, RUNS_DIR, RunDirectory, SweepDirectory, _open_identified
 from .sweep import finished_unit, tidy_csv
 
@@ -408,7 +408,7 @@ class _Session:
                 outcomes[pair] = done
         if todo:
             self.say(f"L={level:g} round {number}: connecting {len(todo)} pair(s) across components")
-        inner = (bars_only(self.say),) if isinstance(self.executor, InProcessExecutor) else ()  # each unit's bars
+        inner = self.executor.unit_progress(self.say)  # each unit's bars (here, or from pool workers)
         args = [(self.config.unit(level, *p).to_dict(), str(self.dir.unit_dir(level, *p)),
                  str(self.dir.model_dir(p[0])), str(self.dir.model_dir(p[1]))) + inner for p in todo]
         with open_task(self.say, f"L={level:g} round {number}: pairs", total=len(todo)) as bar:

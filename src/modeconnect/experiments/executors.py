@@ -27,6 +27,7 @@ import concurrent.futures
 import ctypes
 import multiprocessing
 import os
+import queue
 import signal
 import sys
 import time
@@ -36,7 +37,10 @@ from typing import Any
 
 import torch
 
+from .. import worker_progress
 from ..errors import ConfigError
+from ..progress import Progress, bars_only, for_units
+from ..worker_progress import WorkerBars, WorkerProgress
 
 __all__ = ["ExecutorKind", "Executor", "make_executor", "available_cpus", "idle_cpus", "threads_per_worker"]
 
@@ -111,8 +115,13 @@ def _die_with_parent() -> None:
             pass
 
 
-def _init_worker(threads: int) -> None:
+POLL_S = 0.1
+"""How often a pool's parent reads its workers' progress while it waits for units (when it shows it)."""
+
+
+def _init_worker(threads: int, messages: Any = None) -> None:
     _die_with_parent()
+    worker_progress.install(messages)
     torch.set_num_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and cancels the pool
 
@@ -134,6 +143,11 @@ class Executor:
 
     def describe(self) -> str:
         raise NotImplementedError
+
+    def unit_progress(self, progress: Progress | None) -> tuple:
+        """What to append to each unit's arguments as its ``progress``: ``()`` (the unit shows nothing) unless
+        the executor can show the unit's bars on ``progress`` (when it draws them)."""
+        return ()
 
     def close(self, abort: bool = False) -> None:
         """Release the workers; ``abort`` stops running units at once (they resume from their checkpoints)."""
@@ -164,25 +178,58 @@ class InProcessExecutor(Executor):
     def describe(self) -> str:
         return f"in-process ({self.threads} thread{'s' if self.threads != 1 else ''})"
 
+    def unit_progress(self, progress: Progress | None) -> tuple:
+        return (for_units(progress),)  # each unit's bars (or heartbeat), here, without its lines
+
 
 class ProcessPoolExecutor(Executor):
     """A pool of spawned processes, each with ``threads`` torch threads; dies with its parent. ``idle`` is the
-    number of idle CPUs measured when the pool was sized (None when threads were given)."""
+    number of idle CPUs measured when the pool was sized (None when threads were given).
+
+    Units given :meth:`unit_progress` forward their progress on a queue the workers got when they started
+    (:mod:`modeconnect.worker_progress`); while units run, ``map`` reads it every :data:`POLL_S` and shows one
+    bar per running worker."""
 
     def __init__(self, workers: int, threads: int, idle: float | None = None) -> None:
         self.kind, self.workers, self.threads, self.idle = ExecutorKind.LOCAL, workers, threads, idle
+        context = multiprocessing.get_context("spawn")
+        self._messages = context.Queue(worker_progress.QUEUE_SIZE)
+        self._bars: WorkerBars | None = None
         self._pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker, initargs=(threads,))
+            max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(threads, self._messages))
+
+    def unit_progress(self, progress: Progress | None) -> tuple:
+        if bars_only(progress) is None:  # lines only, or quiet: the workers' progress stays in the workers
+            return ()
+        if self._bars is None or self._bars.progress is not progress:
+            self._bars = WorkerBars(progress)
+        return (WorkerProgress(),)
+
+    def _read_progress(self, limit: int = 10_000) -> None:
+        for _ in range(limit):
+            try:
+                message = self._messages.get_nowait()
+            except (queue.Empty, OSError, ValueError):
+                return
+            if self._bars is not None:
+                self._bars.receive(message)
 
     def map(self, fn, arg_tuples):
         futures = {self._pool.submit(fn, *args): i for i, args in enumerate(arg_tuples)}
+        pending = set(futures)
         try:
-            for future in concurrent.futures.as_completed(futures):
-                yield futures[future], future.result()
+            while pending:
+                done, pending = concurrent.futures.wait(pending, timeout=POLL_S if self._bars else None,
+                                                        return_when=concurrent.futures.FIRST_COMPLETED)
+                self._read_progress()
+                for future in sorted(done, key=futures.__getitem__):
+                    yield futures[future], future.result()
         finally:
             for future in futures:
                 future.cancel()
+            self._read_progress()
+            if self._bars is not None:
+                self._bars.close()
 
     def describe(self) -> str:
         text = f"local pool of {self.workers} processes ({self.threads} thread{'s' if self.threads != 1 else ''} each"
@@ -197,6 +244,9 @@ class ProcessPoolExecutor(Executor):
             for process in list(getattr(self._pool, "_processes", {}).values()):
                 process.kill()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._bars is not None:
+            self._bars.close()
+        self._messages.close()
 
 
 class RayExecutor(Executor):

@@ -26,10 +26,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import ConfigError
-from ..progress import bars_only, open_task
+from ..progress import open_task
 from ..seeding import derive_seed
 from .connect_run import ConnectRunConfig, EndpointTrainingError, run_connect
-from .executors import Executor, InProcessExecutor, make_executor
+from .executors import Executor, make_executor
 from .store import RunDirectory, SweepDirectory
 
 __all__ = ["SweepConfig", "run_sweep", "aggregate", "pair_row", "table_csv", "tidy_csv", "finished_unit", "result_row",
@@ -288,7 +288,7 @@ def _run_sweep_locked(config: SweepConfig, sweep: SweepDirectory, out: str, exec
         f"running {len(todo)} on {executor.describe()}")
     clock = time.perf_counter()
     try:
-        inner = (bars_only(say),) if isinstance(executor, InProcessExecutor) else ()  # each pair's bars, here
+        inner = executor.unit_progress(say)  # each pair's bars (here, or from pool workers)
         with open_task(say, "sweep: pairs", total=len(todo)) as bar:
             for k, (index, outcome) in enumerate(
                     executor.map(run_unit, [(config.unit(*u).to_dict(), dirs[u]) + inner for u in todo]), start=1):

@@ -49,6 +49,7 @@ from ..errors import ConfigError
 from ..metrics import metric_count, metric_sum
 from ..params import Point, interpolate
 from ..path import Path, Straight
+from ..progress import open_task
 from ..seeding import derive_seed
 from ..train import Minibatches, Objective, Optimizer, TrainConfig, make_optimizer
 from .base import Checkpoint, Outcome, Progress, check_state_fields
@@ -58,6 +59,9 @@ from .string_training import Batching, prefers_loop
 
 __all__ = ["Tangent", "NEBReason", "NEBConfig", "NEBState", "NEB", "Band", "neb_force", "tangents",
            "band_gradients", "choose_pivots"]
+
+BAR_EVERY = 10
+"""A cycle's bar (progress displays) moves every this many NEB steps, with the highest image loss."""
 
 
 class Tangent(str, Enum):
@@ -399,6 +403,7 @@ class _AutoNEB:
             raise ConfigError("neb works on bands of straight segments; the start path has curves")
         self.path, self.energy, self.threshold, self.config = path, energy, float(threshold), config
         self.objective, self.checkpoint = objective, checkpoint
+        self.progress = progress
         self.say: Callable[[str], None] = progress or (lambda line: None)
         self.band = Band(path.beads[0])
         self.state = state = state if state is not None else NEBState()
@@ -472,6 +477,7 @@ class _AutoNEB:
         values = torch.full((n + 2,), float("nan"), dtype=torch.float64)
         last_force = torch.zeros(())
         diverged, taken = False, 0
+        bar = open_task(self.progress, f"cycle {state.cycle}: NEB steps on {n} image(s)", total=config.steps_per_cycle)
         for _ in range(config.steps_per_cycle):
             x, y = batches.next()
             values, grads, use = band_gradients(rows, inner, band=band, energy=self.energy, objective=self.objective,
@@ -493,6 +499,9 @@ class _AutoNEB:
             state.image_steps += n
             taken += 1
             last_force = force
+            if taken % BAR_EVERY == 0 or taken == config.steps_per_cycle:
+                bar.update(taken, info=f"highest image loss {float(values[1:-1].max()):.4g} (minibatch)")
+        bar.close()
         with torch.no_grad():
             for i in range(1, n + 1):  # BatchNorm statistics a point carries were updated by the training forwards
                 like = path.beads[i] if buffers is None else path.beads[i] | buffers[i]
@@ -534,6 +543,8 @@ class _AutoNEB:
             profiles = self.evaluate()
             if not any(not m <= level for m in state.segment_max_energy):
                 reason = NEBReason.CONNECTED
+        bar = open_task(self.progress, "neb: AutoNEB cycles", total=config.max_cycles)
+        bar.update(state.cycle)
         while reason is None:
             entry: dict[str, Any] = {"cycle": state.cycle, **self.relax()}
             if entry["steps"] or profiles is None:  # a band without inner images did not move
@@ -557,6 +568,7 @@ class _AutoNEB:
                 entry["inserted"] = self.insert(profiles, level)
                 profiles = None
             state.cycle_log.append(entry)
+            bar.update(state.cycle, info=f"max barrier {entry['max_barrier']:.4g} (target {level:.4g})")
             self.say(f"cycle {entry['cycle']}: {entry['steps']} NEB steps on {entry['images']} image(s); max barrier "
                      f"{entry['max_barrier']:.4g} on segment {worst} (tolerance x L0 = {level:.4g}); "
                      f"{len(failing)} segment(s) above; {entry['inserted']} pivot(s) inserted")
@@ -564,6 +576,7 @@ class _AutoNEB:
                 self.sync()
                 if self.checkpoint is not None:
                     self.checkpoint(self.path, state)
+        bar.close()
         return self.finish(reason, level)
 
     def finish(self, reason: NEBReason, level: float) -> tuple[Path, Outcome]:

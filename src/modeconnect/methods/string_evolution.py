@@ -39,6 +39,7 @@ from ..energy import Energy
 from ..errors import ConfigError
 from ..params import interpolate, stack_points
 from ..path import Path, Straight
+from ..progress import open_task
 from ..seeding import derive_seed
 from ..train import (
     Objective,
@@ -208,7 +209,7 @@ class _Evolution:
             raise ConfigError("string_evolution works on strings of straight segments; the start path has curves")
         self.path, self.energy, self.threshold, self.config = path, energy, threshold, config
         self.objective, self.checkpoint = objective, checkpoint
-        self.say = progress or (lambda message: None)
+        self.progress, self.say = progress, progress or (lambda message: None)
         self.state = state = state or StringEvolutionState()
         if state.bead_births is None:
             state.bead_births = [0] * len(path.beads)
@@ -244,10 +245,15 @@ class _Evolution:
         if not active:
             return {"trained": 0, "steps": 0}
         tick = time.perf_counter()
-        beads, statuses, used = train_string(
-            [path.beads[i] for i in active], energy=self.energy, objective=self.objective, target=target,
-            config=self.config.bead_training, seed=derive_seed(self.config.seed, "round", state.round),
-            batching=self.config.batching)
+        with open_task(self.progress, f"round {state.round}: {len(active)} bead(s)",
+                       total=self.config.bead_training.max_steps) as bar:
+            def on_check(step: int, value: float) -> None:
+                bar.update(step, info=f"highest bead energy {value:.4g} (target {target:.4g})")
+
+            beads, statuses, used = train_string(
+                [path.beads[i] for i in active], energy=self.energy, objective=self.objective, target=target,
+                config=self.config.bead_training, seed=derive_seed(self.config.seed, "round", state.round),
+                batching=self.config.batching, on_check=on_check)
         state.bead_training_s += time.perf_counter() - tick
         if used.value not in state.batchings:
             state.batchings = sorted([*state.batchings, used.value])
@@ -272,6 +278,8 @@ class _Evolution:
             barrier = max(s.max_energy for s in state.segments)
             state.level = max(threshold, barrier) if config.level_start is LevelStart.BARRIER else threshold
         reason, message = None, ""
+        bar = open_task(self.progress, "string evolution: rounds", total=config.max_rounds)
+        bar.update(state.round)
         while reason is None:
             level = state.level
             entry: dict[str, Any] = {"round": state.round, "level": level, **self.train_round(level)}
@@ -294,6 +302,8 @@ class _Evolution:
                 reason, message = self.insert(failing, level, entry)
             state.round_log.append(entry)
             state.round += 1
+            bar.update(state.round, info=f"max energy {entry['max_interpolated_energy']:.4g} at level {level:.4g} "
+                                         f"(target {accept * threshold:.4g})")
             if reason is None and state.round >= config.max_rounds:
                 reason = EvolutionReason.ROUND_BUDGET_EXHAUSTED
                 message = f"{config.max_rounds} rounds (max_rounds) ran without connecting; level {state.level:.4g}"
@@ -303,6 +313,7 @@ class _Evolution:
             state.elapsed_s = self.elapsed()
             if reason is None and self.checkpoint is not None:
                 self.checkpoint(self.path, state)
+        bar.close()
         return self.finish(reason, message)
 
     def insert(self, failing: list[int], level: float, entry: dict[str, Any]):

@@ -8,7 +8,7 @@ points see the same minibatches); ``batching`` chooses one vmapped forward for a
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 
 import torch
@@ -65,7 +65,8 @@ def prefers_loop(energy: Energy) -> bool:
 
 
 def train_string(beads: Sequence[Mapping[str, Tensor]], *, energy: Energy, objective: Objective, target: float,
-                 config: TrainConfig, seed: int, batching: Batching = Batching.AUTO
+                 config: TrainConfig, seed: int, batching: Batching = Batching.AUTO,
+                 on_check: Callable[[int, float], None] | None = None,
                  ) -> tuple[list[Point], list[TrainStatus], Batching]:
     """Train every bead towards ``energy <= target`` at once; returns the beads, their statuses and the batching used.
 
@@ -73,6 +74,8 @@ def train_string(beads: Sequence[Mapping[str, Tensor]], *, energy: Energy, objec
     the trajectory it would follow alone (same minibatches, drawn from ``seed``). A bead stops as
     ``train_to_target`` would stop it (reached, diverged, zero gradient, stalled, step cap) and is then held
     fixed while the others go on. VMAP computes all losses in one vmapped forward; LOOP one forward per bead.
+    ``on_check(step, energy)`` is called at every check with the highest bead energy (progress displays; it
+    only reads the numbers).
     """
     use = batching
     if not can_vmap(energy, beads) or (use is Batching.AUTO and (len(beads) < VMAP_MIN_BEADS
@@ -113,6 +116,8 @@ def train_string(beads: Sequence[Mapping[str, Tensor]], *, energy: Energy, objec
             return [float(e) for e in energy.evaluate(stacked)]
 
     values = check()
+    if on_check is not None:
+        on_check(0, max(values))
     done: list[StopReason | None] = [None] * n
     steps, zero_run = [0] * n, torch.zeros(n, dtype=torch.long)
     best, best_step = list(values), [0] * n
@@ -155,6 +160,8 @@ def train_string(beads: Sequence[Mapping[str, Tensor]], *, energy: Energy, objec
                 if bool(frozen.all()):
                     break
         values = check()
+        if on_check is not None:
+            on_check(step, max(values))
     out = [{k: (buffers[i][k] if is_buffer_key(k) else params[k][i].detach().clone()) for k in beads[0]}
            for i in range(n)]
     statuses = [TrainStatus(reached=d is StopReason.REACHED, steps=s, final_energy=v, target=target, reason=d.value)
