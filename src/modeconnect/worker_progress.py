@@ -10,9 +10,10 @@ closes. A snapshot is whole, so one that is dropped is made good by the next.
 Sending never waits: a full queue (a parent that does not read), a closed one or none at all (a unit run
 somewhere else) drops the snapshot, and the queue is not flushed when the worker exits, so a dead parent
 cannot hang a worker. A snapshot is a few hundred bytes, one atomic pipe write, so a worker killed while it
-sends leaves no half message for the parent to wait on. The parent's :class:`WorkerBars` turns the snapshots into bars on its own
-``progress`` (``worker 2: endpoint B``); the executor drains the queue between finished units
-(:mod:`modeconnect.experiments.executors`). Nothing here touches a tensor: results are the same with it.
+sends leaves no half message for the parent to wait on. The parent's :class:`WorkerBars` turns the
+snapshots into bars on its own ``progress`` (``worker 2: endpoint B``); the executor drains the queue
+between finished units (:mod:`modeconnect.experiments.executors`). Nothing here touches a tensor:
+results are the same with it.
 """
 
 from __future__ import annotations
