@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Any
@@ -49,7 +48,7 @@ from .batchnorm import (
     statistic_names,
 )
 from .energy_memo import SegmentMemo
-from .energy_probe import measure
+from .energy_probe import measure, thread_setting
 from .errors import ConfigError, NonFiniteEnergyError, UnsupportedModelError
 from .fast_eval import MATMUL_CACHE_BYTES, MatmulPlan, fast_copy, lerp_points
 from .metrics import Metric, as_metric, metric_count, metric_sum
@@ -87,27 +86,6 @@ def _as_strategy(value: str | Strategy) -> Strategy:
         return Strategy(value)
     except ValueError:
         raise ConfigError(f"unknown strategy {value!r}; choose one of: auto, vmap, loop, matmul") from None
-
-
-def _as_threads(value: int | str | None) -> int | str | None:
-    if value is None or value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        return value
-    raise ConfigError(f"threads must be None (the process's setting), 'auto' (measured) or an int >= 1, got {value!r}")
-
-
-THREADS_ENV = "MODECONNECT_THREADS"
-"""An environment variable that pins ``threads="auto"`` to a count (to repeat a run's measured choice)."""
-
-
-def _pinned(threads: int | str | None) -> int | str | None:
-    """``threads``, or the count in :data:`THREADS_ENV` when ``threads`` is ``"auto"`` and the variable is set."""
-    value = os.environ.get(THREADS_ENV, "").strip()
-    if threads != "auto" or not value:
-        return threads
-    if not value.isdigit() or int(value) < 1:
-        raise ConfigError(f"{THREADS_ENV} must be a whole number of threads >= 1 (it pins threads='auto'), "
-                          f"got {value!r}; unset it to let the count be measured")
-    return int(value)
 
 
 class Energy:
@@ -161,7 +139,7 @@ class Energy:
         check_supported_module(model, batchnorm)
         self.metric = as_metric(metric)
         self.strategy = _as_strategy(strategy)
-        self.threads = _pinned(_as_threads(threads))
+        self.threads = thread_setting(threads)
         self.chosen_threads: int | None = self.threads if isinstance(self.threads, int) else None
         if chunk_size is not None and chunk_size < 1:
             raise ConfigError(f"chunk_size must be >= 1 or None, got {chunk_size}")
@@ -202,6 +180,21 @@ class Energy:
         self._sizes: dict[tuple, int] = {}
         self.memo = SegmentMemo()
         """Energies already computed along recent segments (LOOP only; see :mod:`modeconnect.energy_memo`)."""
+
+    @property
+    def bn_batches(self) -> list[Tensor]:
+        """RECOMPUTE: the training-input batches the statistics are recomputed from (empty otherwise)."""
+        return self._bn.batches
+
+    @property
+    def bn_statistics(self) -> dict[str, Tensor]:
+        """FREEZE: the fixed statistics by buffer name (empty otherwise)."""
+        return self._bn.statistics
+
+    @property
+    def bn_source(self) -> str | None:
+        """FREEZE: where :attr:`bn_statistics` came from."""
+        return self._bn.source
 
     # -- description -------------------------------------------------------------------------
     @property

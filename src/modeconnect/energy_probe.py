@@ -16,19 +16,24 @@ timing the candidates on the first (up to 8) points of that evaluation:
 * the probe's values are kept: the winner's energies of the probed points are returned and not
   computed again, so a first call costs at most ``2 x candidates - 1`` probe-sized evaluations extra.
 
-The choices are recorded (``chosen_strategy``, ``chosen_threads`` in :meth:`Energy.describe`). Strategies
+The environment variable ``MODECONNECT_THREADS`` (:data:`THREADS_ENV`) pins ``threads="auto"`` to a
+count, so that a measured choice can be repeated: nothing is measured and the count is recorded as
+``threads``. The choices are recorded (``chosen_strategy``, ``chosen_threads`` in :meth:`Energy.describe`). Strategies
 and thread counts can differ in the last bits of the energies; pin them (a fixed ``strategy``,
 ``threads=1`` or a process limited to one thread) where runs must repeat bit for bit across machines.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
 from torch import Tensor
 
-__all__ = ["measure", "THREAD_COUNTS"]
+from .errors import ConfigError
+
+__all__ = ["measure", "thread_setting", "THREAD_COUNTS", "THREADS_ENV"]
 
 THREAD_COUNTS = (1, 2, 4, 8, 16, 32, 64)
 """Thread counts tried by ``threads="auto"`` (those below the process's setting, and the setting itself)."""
@@ -92,3 +97,29 @@ def measure(energy, n_points: int, get_chunk, get_one) -> Tensor:
                 threads = count
         energy.chosen_threads = threads
     return results[strategy, threads][1]
+
+
+def thread_setting(value: int | str | None) -> int | str | None:
+    """An energy's ``threads`` argument, checked, with ``"auto"`` pinned by :data:`THREADS_ENV` when it is set."""
+    return _pinned(_as_threads(value))
+
+
+def _as_threads(value: int | str | None) -> int | str | None:
+    if value is None or value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ConfigError(f"threads must be None (the process's setting), 'auto' (measured) or an int >= 1, got {value!r}")
+
+
+THREADS_ENV = "MODECONNECT_THREADS"
+"""An environment variable that pins ``threads="auto"`` to a count (to repeat a run's measured choice)."""
+
+
+def _pinned(threads: int | str | None) -> int | str | None:
+    """``threads``, or the count in :data:`THREADS_ENV` when ``threads`` is ``"auto"`` and the variable is set."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if threads != "auto" or not value:
+        return threads
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{THREADS_ENV} must be a whole number of threads >= 1 (it pins threads='auto'), "
+                          f"got {value!r}; unset it to let the count be measured")
+    return int(value)

@@ -50,7 +50,7 @@ class Bounder:
             raise Unsupported(f"metric {self.metric.value} with floating-point targets")
         self.count = metric_count(self.metric, self.targets)
         self.largest, self.per_sample_outputs = self._sizes(energy)
-        self.frozen = {k: v.to(self.device, self.dtype) for k, v in getattr(energy, "bn_statistics", {}).items()}
+        self.frozen = {k: v.to(self.device, self.dtype) for k, v in energy.bn_statistics.items()}
 
     def _sizes(self, energy) -> tuple[int, int]:
         """Largest per-sample activation size along the chain, and the output size (a plain forward of one
