@@ -607,3 +607,23 @@ def test_pool_workers_progress_reaches_the_parent_and_changes_nothing(plain_swee
     assert sum(t["description"].endswith(": endpoint A") for t in workers) == 2
     (units,) = recorder.named("sweep")
     assert [u[0] for u in units["updates"]] == [1, 2]
+
+
+def test_ray_units_progress_reaches_the_parent_changes_nothing_and_survives_a_dead_mailbox(plain_sweep, tmp_path):
+    ray = pytest.importorskip("ray")
+    from modeconnect.experiments.executors import make_executor
+
+    config, reference = plain_sweep
+    recorder, orphaned = Recorder(), Recorder()
+    recorder.bars = orphaned.bars = True
+    with make_executor("ray", 2, threads=1) as executor:
+        table = run_sweep(config, str(tmp_path / "ray"), executor=executor, progress=recorder)
+        ray.kill(executor._mailbox.actor, no_restart=True)  # the mailbox dies: the units must not notice
+        again = run_sweep(config, str(tmp_path / "dead"), executor=executor, progress=orphaned)
+    assert _numbers(table["rows"]) == _numbers(reference["rows"]) == _numbers(again["rows"])
+    workers = recorder.named("worker ")
+    assert all(re.fullmatch(r"worker [12]: .+", t["description"]) and t["closed"] for t in workers)
+    assert sum(t["description"].endswith(": endpoint A") for t in workers) == 2  # each unit's first phase
+    assert not orphaned.named("worker ")
+    (units,) = orphaned.named("sweep")
+    assert [u[0] for u in units["updates"]] == [1, 2]

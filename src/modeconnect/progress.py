@@ -24,7 +24,7 @@ Only :class:`Reporter`, which the command line creates, knows about terminals an
 
 ``MODECONNECT_PROGRESS=lines`` (or ``bars``) overrides the terminal test; the default is ``auto``.
 The bars are drawn by `rich <https://rich.readthedocs.io>`_, imported only when a bar is drawn. Units run in
-a local process pool show their bars in the parent through :mod:`modeconnect.worker_progress`.
+a local process pool or on Ray show their bars in the parent through :mod:`modeconnect.worker_progress`.
 Reporting never changes a result: tasks only read the numbers they are given.
 
 >>> lines = []

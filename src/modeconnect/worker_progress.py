@@ -14,6 +14,11 @@ sends leaves no half message for the parent to wait on. The parent's :class:`Wor
 snapshots into bars on its own ``progress`` (``worker 2: endpoint B``); the executor drains the queue
 between finished units (:mod:`modeconnect.experiments.executors`). Nothing here touches a tensor:
 results are the same with it.
+
+The queue is one kind of *sender*: anything with a ``put_nowait(message)`` that never waits (and raises
+nothing but ``queue.Full``, ``ValueError`` or ``OSError``, which drop the snapshot). A Ray unit's sender
+forwards to a small actor instead (:mod:`modeconnect.experiments.ray_mailbox`); the snapshots and the bars
+are the same.
 """
 
 from __future__ import annotations
@@ -37,11 +42,12 @@ QUEUE_SIZE = 1000
 """Snapshots the queue holds; beyond it, workers drop theirs."""
 
 _queue: Any = None
-"""This worker's message queue (set by :func:`install` when a pool worker starts)."""
+"""This worker's sender (set by :func:`install` when a pool worker starts, or around a Ray unit)."""
 
 
 def install(messages: Any) -> None:
-    """In a pool worker: send snapshots on ``messages`` (a multiprocessing queue; None: send nothing)."""
+    """In a worker: send snapshots with ``messages``, a sender (a multiprocessing queue, a Ray unit's sender;
+    None: send nothing)."""
     global _queue
     _queue = messages
     if messages is not None and hasattr(messages, "cancel_join_thread"):

@@ -41,6 +41,7 @@ from .. import worker_progress
 from ..errors import ConfigError
 from ..progress import Progress, bars_only, for_units
 from ..worker_progress import WorkerBars, WorkerProgress
+from .ray_mailbox import RayMailbox, RaySender, run_unit
 
 __all__ = ["ExecutorKind", "Executor", "make_executor", "available_cpus", "idle_cpus", "threads_per_worker"]
 
@@ -126,9 +127,9 @@ def _init_worker(threads: int, messages: Any = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and cancels the pool
 
 
-def _call_with_threads(fn: Callable[..., Any], threads: int, args: tuple) -> Any:
+def _call_with_threads(fn: Callable[..., Any], threads: int, args: tuple, sender: RaySender | None = None) -> Any:
     torch.set_num_threads(threads)
-    return fn(*args)
+    return run_unit(fn, args, sender)
 
 
 class Executor:
@@ -250,7 +251,11 @@ class ProcessPoolExecutor(Executor):
 
 
 class RayExecutor(Executor):
-    """Ray tasks with ``threads`` CPUs each, on a local instance or the cluster at ``address``."""
+    """Ray tasks with ``threads`` CPUs each, on a local instance or the cluster at ``address``.
+
+    Units given :meth:`unit_progress` forward their progress to a small actor (:mod:`.ray_mailbox`, created on the
+    first such call); while units run, ``map`` reads it every :data:`POLL_S` and shows one bar per running
+    worker, as a local pool does."""
 
     def __init__(self, workers: int, threads: int, address: str | None) -> None:
         try:
@@ -276,24 +281,51 @@ class RayExecutor(Executor):
                                   "needs RAY_AUTH_MODE=token and its token (~/.ray/auth_token or $RAY_AUTH_TOKEN) "
                                   "here: see docs/ray_cluster.md") from None
         self._remote = ray.remote(num_cpus=threads)(_call_with_threads)
+        self._mailbox: RayMailbox | None = None
+        self._bars: WorkerBars | None = None
+
+    def unit_progress(self, progress: Progress | None) -> tuple:
+        if bars_only(progress) is None:  # lines only, or quiet: the units' progress stays in the workers
+            return ()
+        if self._mailbox is None:
+            self._mailbox = RayMailbox(self._ray)
+        if self._bars is None or self._bars.progress is not progress:
+            self._bars = WorkerBars(progress)
+        return (WorkerProgress(),)
+
+    def _read_progress(self, wait_s: float = 0.0) -> None:
+        if self._mailbox is not None and self._bars is not None:
+            for message in self._mailbox.read(wait_s):
+                self._bars.receive(message)
 
     def map(self, fn, arg_tuples):
         ray = self._ray
-        refs = {self._remote.remote(fn, self.threads, args): i for i, args in enumerate(arg_tuples)}
+        sender = self._mailbox.sender() if self._mailbox is not None and self._bars is not None else None
+        refs = {self._remote.remote(fn, self.threads, args, sender): i for i, args in enumerate(arg_tuples)}
         pending = list(refs)
         try:
             while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                yield refs[done[0]], ray.get(done[0])
+                done, pending = ray.wait(pending, num_returns=1, timeout=POLL_S if sender else None)
+                self._read_progress()
+                for ref in done:
+                    yield refs[ref], ray.get(ref)
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
+            if sender is not None:
+                for _ in range(2):  # the read in flight, then the last snapshots (bounded: the actor may be gone)
+                    self._read_progress(wait_s=0.5)
+                self._bars.close()
 
     def describe(self) -> str:
         where = f"cluster at {self.address}" if self.address else f"local instance, {self.workers * self.threads} CPUs"
         return f"Ray ({where}; {self.threads} CPU{'s' if self.threads != 1 else ''} per unit)"
 
     def close(self, abort: bool = False) -> None:
+        if self._bars is not None:
+            self._bars.close()
+        if self._mailbox is not None:
+            self._mailbox.close()
         if self._owns:
             self._ray.shutdown()
 
