@@ -4,6 +4,7 @@ Run from the repository root:
 
     .venv/bin/python benchmarks/real_models.py            # about 1-2 minutes on 2 idle cores
     .venv/bin/python benchmarks/real_models.py --quick    # smoke run (1 repeat, fewer points; noisy)
+    .venv/bin/python benchmarks/real_models.py --device cuda   # on a GPU (auto: a GPU when there is one)
 
 For each model at its task's CPU-scale default size and evaluation-set size (``tasks/mnist.py``,
 ``tasks/cifar.py``, ``tasks/ptb.py``; inputs are random tensors of the same shapes, since throughput does
@@ -14,6 +15,9 @@ points x samples per second, GFLOP/s (forward FLOPs of one point on the whole ev
 matmul rate measured in the same run. It also prints what auto chose, the vmap-vs-loop agreement, and
 the strategy each task pins. The LSTM is also measured at Zaremba's small size (200/200), where the
 ranking differs. Timings are meaningful only on an otherwise idle machine (the load average is printed).
+With ``--device cuda`` the points and the data live on the GPU, every timed call ends with
+``torch.cuda.synchronize()``, and the matmul baseline is the GPU's float32 rate (TF32 off, as PyTorch's
+default for matmuls).
 """
 
 from __future__ import annotations
@@ -28,12 +32,38 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runnable without installing
 
-from segment_eval import _timed, matmul_gflops  # noqa: E402  (the same matmul baseline; benchmarks/ is on the path)
+import time  # noqa: E402
 
+from modeconnect.device import resolve_device  # noqa: E402
 from modeconnect.energy import Energy  # noqa: E402
+from modeconnect.errors import ConfigError  # noqa: E402
 from modeconnect.models import LSTMLanguageModel, cifar_convnet, init_uniform_, mnist_convnet  # noqa: E402
 from modeconnect.params import point_from_module  # noqa: E402
 from modeconnect.tasks._init import build_without_global_rng, seeded  # noqa: E402
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> float:
+    """Seconds of ``fn()``, with the device's queued work finished before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def matmul_gflops(n: int, repeats: int, device: torch.device) -> float:
+    """Best-of-``repeats`` float32 ``n x n`` matmul rate on ``device`` in GFLOP/s."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    out = torch.empty(n, n, device=device)
+    for _ in range(3):
+        torch.mm(a, b, out=out)
+    best = min(timed(lambda: torch.mm(a, b, out=out), device) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
 
 
 def forward_flops(model, inputs) -> int:
@@ -77,30 +107,40 @@ def points(build, seed):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 repeat, 8-point segments")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     args = parser.parse_args()
+    try:
+        device = resolve_device(args.device)
+    except ConfigError as exc:
+        parser.error(str(exc))
     n_points, repeats = (8, 1) if args.quick else (16, 3)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {n_points}-point segments, best of "
+    where = (f"GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda"
+             else f"{torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {where}, {n_points}-point segments, best of "
           f"{repeats}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-    peak = matmul_gflops(1024, 5)
+    peak = matmul_gflops(4096 if device.type == "cuda" else 1024, 5, device)
     print(f"float32 matmul rate (baseline for % of peak): {peak:.1f} GFLOP/s\n")
     gen = torch.Generator().manual_seed(0)
     rows, notes = [], []
     ts = torch.linspace(0, 1, n_points)
     for name, build, x, y, metric, sbs, pinned in cases(gen):
         model = build_without_global_rng(build)
-        a, b = points(build, 1), points(build, 2)
         flops = forward_flops(model, x) * n_points
+        a, b = ({k: v.to(device) for k, v in points(build, seed).items()} for seed in (1, 2))
+        x, y = x.to(device), y.to(device)
         energies = {s: Energy(model, x, y, metric, strategy=s, sample_batch_size=sbs, chunk_size=8)
                     for s in ("loop", "vmap", "auto")}
         auto, segment = energies["auto"], (a, b, ts)
-        first = _timed(lambda: auto.along_segment(*segment))  # noqa: B023 (called at once)
+        first = timed(lambda: auto.along_segment(*segment), device)  # noqa: B023 (called at once)
         values, times = {}, dict.fromkeys(energies, float("inf"))
         for s, e in energies.items():
             values[s] = e.along_segment(a, b, ts)  # warm-up
         for _ in range(repeats):
             for s, e in energies.items():
                 # the segment memo is cleared first, so that every call evaluates every point
-                times[s] = min(times[s], _timed(lambda e=e, seg=segment: (e.memo.clear(), e.along_segment(*seg))))
+                times[s] = min(times[s], timed(lambda e=e, seg=segment: (e.memo.clear(), e.along_segment(*seg)),
+                                               device))
+        values = {k: v.cpu() for k, v in values.items()}
         rel = float(((values["vmap"] - values["loop"]).abs() / values["loop"].abs().clamp_min(1e-12)).max())
         chosen = energies["auto"].chosen_strategy.value
         fastest = min(("loop", "vmap"), key=times.get)
