@@ -12,8 +12,8 @@ drift hits both alike. The last column is the speed-up of channels_last (> 1: fa
 channels_last weights (the first convolution's weight sets the layout of every activation after it) were
 tried in ``train_to_target`` and left out: in two runs on 2 threads they made the small MNIST convnet's
 step 1.19-1.24x faster, the CIFAR convnet's 1.12-1.15x and Kuditipudi's 1.34x, but the paper-size MNIST
-convnet's 0.93-0.97x, and they change trajectories in their last bits. Using them would need a measured, recorded choice per model, like the
-energy's ``strategy="auto"``.
+convnet's 0.93-0.97x, and they change trajectories in their last bits. Using them would need a measured,
+recorded choice per model, like the energy's ``strategy="auto"``.
 """
 
 from __future__ import annotations
