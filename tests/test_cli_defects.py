@@ -275,3 +275,25 @@ def test_a_bead_step_cap_below_the_endpoints_is_noted_before_any_training(capsys
     (note,) = config.resolve().notes()
     assert "beads get max_steps=10 but endpoints 20000" in note and "--bead-max-steps" in note
     assert ConnectRunConfig(task="cubic", threshold=0.05).resolve().notes() == []
+
+
+@pytest.mark.parametrize("variable, value, task", [("MODECONNECT_HEARTBEAT_S", "-1", "quadratic"),
+                                                   ("MODECONNECT_HEARTBEAT_S", "soon", "quadratic"),
+                                                   ("MODECONNECT_THREADS", "0", "mnist"),
+                                                   ("MODECONNECT_THREADS", "two", "mnist")])
+def test_malformed_environment_settings_are_one_line_errors(capsys, monkeypatch, tmp_path, variable, value, task):
+    """The heartbeat interval and the pinned thread count come from the environment: a bad value names the
+    variable, exits with status 2 and writes no run directory (mnist: the only tasks whose energy measures
+    its threads; it needs the shared MNIST files)."""
+    shared = Path(os.environ.get("MODECONNECT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    extra = []
+    if task == "mnist":
+        if not (shared / "mnist").is_dir():
+            pytest.skip(f"the shared MNIST files are not at {shared}")
+        extra = ["--data-dir", str(shared)]
+    monkeypatch.setenv(variable, value)
+    out = tmp_path / "run"
+    code, _, stderr = run_cli(capsys, "connect", "--task", task, "--threshold", "2" if task == "mnist" else "0.1",
+                              *extra, "--out", str(out))
+    assert_error(code, stderr, variable)
+    assert not out.exists()
